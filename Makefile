@@ -1,0 +1,37 @@
+# Everything runs from the virtual environment in .venv/, created on first use.
+# torch is installed first and pinned: an unpinned torch would pull gigabytes of CUDA packages.
+# GPU machines: install your CUDA build of torch 2.13 into .venv first (see README), then run make.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/kronos-flow demo
+
+bench: install
+	$(BIN)/python bench/decode.py
+
+lint: install
+	$(BIN)/ruff check kronos_tasks dags tests bench
+	$(BIN)/ruff format --check kronos_tasks dags tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
