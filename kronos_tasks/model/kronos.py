@@ -1,0 +1,213 @@
+"""Kronos: a decoder-only Transformer over (s1, s2) token pairs with time-of-bar embeddings.
+
+At each position the final hidden state (the "context") gives s1 logits through ``head.proj_s1``.
+The s2 logits are conditioned on a chosen s1: the s1 embedding queries the contexts of the window
+through the dependency-aware cross-attention layer, whose output is added to the context, normalised
+and projected by ``head.proj_s2``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DEPENDENCY_LAYER_HEADS, KronosConfig
+from .layers import (
+    Attend,
+    Attention,
+    RMSNorm,
+    Rope,
+    RotaryEmbedding,
+    TransformerBlock,
+    apply_rope,
+    causal_attend,
+    positions_from_mask,
+)
+
+# Sizes of the five time-feature vocabularies: minute, hour, weekday, day of month, month.
+TIME_FEATURE_SIZES = {"minute": 60, "hour": 24, "weekday": 7, "day": 32, "month": 13}
+
+
+class HierarchicalEmbedding(nn.Module):
+    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self.emb_s1 = nn.Embedding(2**s1_bits, d_model)
+        self.emb_s2 = nn.Embedding(2**s2_bits, d_model)
+        self.fusion_proj = nn.Linear(2 * d_model, d_model)
+
+    def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
+        scale = math.sqrt(self.d_model)
+        both = torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1)  # [B, L, 2D]
+        return self.fusion_proj(both)  # [B, L, D]
+
+
+class FixedEmbedding(nn.Module):
+    """Sinusoidal table used for time features when ``learn_te`` is false (stored in the checkpoint too)."""
+
+    def __init__(self, size: int, d_model: int):
+        super().__init__()
+        position = torch.arange(size).float().unsqueeze(1)
+        div_term = (torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model)).exp()
+        table = torch.zeros(size, d_model)
+        table[:, 0::2] = torch.sin(position * div_term)
+        table[:, 1::2] = torch.cos(position * div_term)
+        self.emb = nn.Embedding(size, d_model)
+        self.emb.weight = nn.Parameter(table, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.emb(x)
+
+
+class TemporalEmbedding(nn.Module):
+    def __init__(self, d_model: int, learn_te: bool):
+        super().__init__()
+        make = nn.Embedding if learn_te else FixedEmbedding
+        self.minute_embed = make(TIME_FEATURE_SIZES["minute"], d_model)
+        self.hour_embed = make(TIME_FEATURE_SIZES["hour"], d_model)
+        self.weekday_embed = make(TIME_FEATURE_SIZES["weekday"], d_model)
+        self.day_embed = make(TIME_FEATURE_SIZES["day"], d_model)
+        self.month_embed = make(TIME_FEATURE_SIZES["month"], d_model)
+
+    def forward(self, stamp: torch.Tensor) -> torch.Tensor:
+        """stamp [B, L, 5] (minute, hour, weekday, day, month) -> [B, L, D]."""
+        x = stamp.long()
+        # Summed in upstream's order, so float results match bit for bit.
+        return (
+            self.hour_embed(x[..., 1])
+            + self.weekday_embed(x[..., 2])
+            + self.day_embed(x[..., 3])
+            + self.month_embed(x[..., 4])
+            + self.minute_embed(x[..., 0])
+        )
+
+
+class DependencyAwareLayer(nn.Module):
+    """Cross-attention from an s1 embedding (query) to the contexts of the window (keys, values)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.cross_attn = Attention(d_model, DEPENDENCY_LAYER_HEADS)
+        self.norm = RMSNorm(d_model)
+        self.rotary = RotaryEmbedding(d_model // DEPENDENCY_LAYER_HEADS)
+
+
+class DualHead(nn.Module):
+    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
+        super().__init__()
+        self.proj_s1 = nn.Linear(d_model, 2**s1_bits)
+        self.proj_s2 = nn.Linear(d_model, 2**s2_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_s1(x)
+
+    def cond_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        return self.proj_s2(x2)
+
+
+class Kronos(nn.Module):
+    """The Kronos predictor. ``Kronos(**config_json)`` accepts exactly the published keys."""
+
+    def __init__(self, **config: Any):
+        super().__init__()
+        self.config = KronosConfig.from_dict(config, source="Kronos")
+        c = self.config
+        self.s1_bits, self.s2_bits = c.s1_bits, c.s2_bits
+        self.embedding = HierarchicalEmbedding(c.s1_bits, c.s2_bits, c.d_model)
+        self.time_emb = TemporalEmbedding(c.d_model, c.learn_te)
+        self.transformer = nn.ModuleList(
+            [TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_layers)]
+        )
+        self.norm = RMSNorm(c.d_model)
+        self.dep_layer = DependencyAwareLayer(c.d_model)
+        self.head = DualHead(c.s1_bits, c.s2_bits, c.d_model)
+        self.rotary = RotaryEmbedding(c.d_model // c.n_heads)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.proj_s1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.proj_s1.weight.dtype
+
+    def rope(self, positions: torch.Tensor) -> Rope:
+        return self.rotary(positions)
+
+    def embed(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None) -> torch.Tensor:
+        """Token pairs [B, L] and time features [B, L, 5] -> input embeddings [B, L, D]."""
+        x = self.embedding(s1_ids, s2_ids)
+        if stamp is not None:
+            x = x + self.time_emb(stamp)
+        return x
+
+    def context(self, x: torch.Tensor, rope: Rope, attends: list[Attend]) -> torch.Tensor:
+        """Input embeddings [B, L, D] -> contexts [B, L, D], one ``attend`` per Transformer block."""
+        for block, attend in zip(self.transformer, attends):
+            x = block(x, rope, attend)
+        return self.norm(x)
+
+    def decode_s1(self, s1_ids, s2_ids, stamp=None, padding_mask=None):
+        """s1 logits [B, L, 2**s1_bits] and contexts [B, L, D] for token pairs [B, L].
+
+        ``padding_mask`` [B, L] marks left padding (True = padded); each row's positions count from its
+        first real token, so a padded row gives what the unpadded row gives alone.
+        """
+        valid = None if padding_mask is None else ~padding_mask
+        batch, length = s1_ids.shape
+        rope = self.rope(positions_from_mask(valid, batch, length, s1_ids.device))
+        attends = [causal_attend(valid)] * len(self.transformer)
+        context = self.context(self.embed(s1_ids, s2_ids, stamp), rope, attends)
+        return self.head(context), context
+
+    def s2_query(self, s1_ids: torch.Tensor) -> torch.Tensor:
+        """The dependency layer's query heads for s1 ids [B, Lq] -> [B, H, Lq, hd] (no rotation)."""
+        return self.dep_layer.cross_attn.heads(self.dep_layer.cross_attn.q_proj, self.embedding.emb_s1(s1_ids))
+
+    def s2_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dependency layer's keys and values for contexts [B, L, D] -> 2 x [B, H, L, hd] (no rotation)."""
+        attn = self.dep_layer.cross_attn
+        return attn.heads(attn.k_proj, context), attn.heads(attn.v_proj, context)
+
+    def s2_logits(self, context: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """s2 logits from contexts [B, L, D] and attention output [B, H, Lq, hd] (Lq is L or 1, broadcast)."""
+        x2 = self.dep_layer.norm(context + self.dep_layer.cross_attn.merge(attended))
+        return self.head.cond_forward(x2)
+
+    def decode_s2(self, context, s1_ids, padding_mask=None):
+        """s2 logits [B, L, 2**s2_bits] conditioned on s1 ids, given contexts [B, L, D] from ``decode_s1``.
+
+        With ``s1_ids`` [B, 1] (the next token's s1, as in generation) the query attends to the contexts of
+        all positions, without rotary positions, and the result is broadcast over the window: the logits
+        for the next token are the last row. With ``s1_ids`` [B, L] (one s1 per position) queries and keys
+        take the window's positions and, as upstream does in eval mode, attention is not causal.
+        """
+        batch, length, _ = context.shape
+        valid = None if padding_mask is None else ~padding_mask
+        q = self.s2_query(s1_ids)
+        k, v = self.s2_keys_values(context)
+        if s1_ids.shape[1] == length and length > 1:
+            rope = self.dep_layer.rotary(positions_from_mask(valid, batch, length, context.device))
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        elif s1_ids.shape[1] != 1:
+            raise ValueError(f"decode_s2: s1_ids must have 1 or {length} positions, got {s1_ids.shape[1]}.")
+        mask = None if valid is None else valid[:, None, None, :]
+        return self.s2_logits(context, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Kronos":
+        """Load a Hugging Face layout folder (config.json + model.safetensors), in eval mode."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, folder, device)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write config.json + model.safetensors in the layout of the published checkpoints."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, folder)
