@@ -1,0 +1,249 @@
+"""Kronos's two-stage autoregressive generation over a batch of series, each with S sample paths.
+
+Window semantics are upstream's: at step i the model sees the last ``max_context`` tokens of
+(history + the i tokens generated so far), with positions renumbered from 0; the forecast is decoded
+from the last ``max_context`` tokens of (history + all generated tokens).
+
+Two paths produce the same tokens from the same weights and seeds:
+
+* ``"cached"`` (default): the context of each series is encoded and prefilled once and shared by its
+  S paths; each step then feeds one token per path against the key/value cache. When the window
+  slides (the sequence would exceed ``max_context``), dropping the oldest token changes every later
+  hidden state, so the cache is rebuilt for that step: the context once per series, the generated
+  tokens per path. A sliding step therefore costs about what a full-recompute step costs.
+* ``"full"``: every step recomputes the whole window of every path, as upstream does.
+
+Series of different lengths share a batch through left padding; rows' positions count from their own
+first token, so each series gets what it would get alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kronos_tasks.model import Kronos, KronosTokenizer
+from kronos_tasks.model.layers import causal_attend, positions_from_mask
+
+from .cache import SharedPrefixKV, capture_attend
+from .sampling import SamplingParams, sample_from_logits, stream_keys, uniforms
+
+DECODING_METHODS = ("cached", "full")
+
+
+@dataclass
+class TokenizedBatch:
+    """N series after tokenization, left-padded: the last ``kept[n]`` of P columns of row n are real."""
+
+    s1: torch.Tensor  # [N, P] int64
+    s2: torch.Tensor  # [N, P] int64
+    stamps: torch.Tensor  # [N, P, 5] time features of the history
+    future_stamps: torch.Tensor  # [N, pred_len, 5] time features of the bars to forecast
+    kept: list[int]  # history tokens per series inside the window, min(length, max_context)
+    max_context: int
+
+    @property
+    def pred_len(self) -> int:
+        return self.future_stamps.shape[1]
+
+    def visible(self, generated: int) -> list[int]:
+        """History tokens per series in the window once ``generated`` tokens follow them."""
+        return [min(kept, self.max_context - generated) for kept in self.kept]
+
+    def valid_columns(self, visible: list[int]) -> torch.Tensor:
+        """[N, P] mask of the history columns inside the window."""
+        width = self.s1.shape[1]
+        need = torch.tensor([width - v for v in visible], device=self.s1.device)
+        return torch.arange(width, device=self.s1.device)[None, :] >= need[:, None]
+
+
+def _left_pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = rows[0].new_zeros((len(rows), width) + tuple(rows[0].shape[1:]))
+    for i, row in enumerate(rows):
+        out[i, width - row.shape[0]:] = row
+    return out
+
+
+@torch.inference_mode()
+def tokenize(tokenizer: KronosTokenizer, bars: list[torch.Tensor], stamps: list[torch.Tensor],
+             future_stamps: list[torch.Tensor], max_context: int) -> TokenizedBatch:
+    """Encode each series' whole history (normalised bars [L_n, 6], time features [L_n, 5]) in one batch.
+
+    The tokenizer sees the whole history, as upstream's does; the window keeps its last ``max_context`` tokens.
+    """
+    lengths = [len(b) for b in bars]
+    longest = max(lengths)
+    x = _left_pad(bars, longest)
+    padding = None
+    if min(lengths) != longest:
+        padding = torch.arange(longest, device=x.device)[None, :] < torch.tensor(
+            [longest - n for n in lengths], device=x.device
+        )[:, None]
+    s1, s2 = tokenizer.encode(x, padding_mask=padding)
+    width = min(longest, max_context)
+    return TokenizedBatch(
+        s1=s1[:, -width:], s2=s2[:, -width:], stamps=_left_pad(stamps, longest)[:, -width:],
+        future_stamps=torch.stack(future_stamps), kept=[min(n, max_context) for n in lengths],
+        max_context=max_context,
+    )
+
+
+def _stream_keys(seeds: torch.Tensor, samples: int) -> torch.Tensor:
+    """Random-stream keys of the N*S rows, series-major: row n*S + r is sample r of series n."""
+    sample_index = torch.arange(samples, device=seeds.device).repeat(len(seeds))
+    return stream_keys(seeds.repeat_interleave(samples), sample_index)
+
+
+class _CachedSteps:
+    """Cached decoding: prefill the context once per series, then one token per path and step."""
+
+    def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: "_Generated"):
+        self.model, self.batch, self.samples, self.generated = model, batch, samples, generated
+
+    def s1_logits(self, step: int) -> torch.Tensor:
+        """s1 logits [N*S, V1] for the token at ``step``, from the tokens generated before it."""
+        g = self.generated
+        if step == 0:
+            self._prefill(self.batch.visible(0))
+        elif self.batch.visible(step) != self.visible:  # the window slid: rebuild the cache
+            self._prefill(self.batch.visible(step))
+            self._extend(g.s1[:, :step], g.s2[:, :step], g.stamps[:, :step], start=0)
+        else:
+            self._extend(g.s1[:, step - 1:step], g.s2[:, step - 1:step], g.stamps[:, step - 1:step], start=step - 1)
+        return self.logits
+
+    def s2_logits(self, s1: torch.Tensor, step: int) -> torch.Tensor:
+        """s2 logits [N*S, V2] for the token at ``step`` given its sampled s1 [N*S]."""
+        attended = self.s2_cache.attend(self.model.s2_query(s1[:, None]), end=step)
+        return self.model.s2_logits(self.last_context, attended)[:, -1]
+
+    def _prefill(self, visible: list[int]) -> None:
+        model, batch, samples = self.model, self.batch, self.samples
+        self.visible = visible
+        width = batch.s1.shape[1]
+        valid = batch.valid_columns(visible)
+        rope = model.rope(positions_from_mask(valid, len(visible), width, valid.device))
+        store: list = [None] * len(model.transformer)
+        attend = causal_attend(None if min(visible) == width else valid)
+        attends = [capture_attend(attend, store, i) for i in range(len(store))]
+        context = model.context(model.embed(batch.s1, batch.s2, batch.stamps), rope, attends)  # [N, P, D]
+        self.layers = [SharedPrefixKV(k, v, valid, samples, batch.pred_len) for k, v in store]
+        self.s2_cache = SharedPrefixKV(*model.s2_keys_values(context), valid, samples, batch.pred_len)
+        self.last_context = context[:, -1:].repeat_interleave(samples, dim=0)  # [N*S, 1, D]
+        self.logits = model.head(context[:, -1]).repeat_interleave(samples, dim=0)  # [N*S, V1]
+        self.visible_rows = torch.tensor(visible, device=valid.device).repeat_interleave(samples)[:, None]
+
+    def _extend(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor, start: int) -> None:
+        """Feed generated tokens [N*S, T] at cache slots start..start+T-1."""
+        model = self.model
+        positions = self.visible_rows + start + torch.arange(s1.shape[1], device=s1.device)  # [N*S, T]
+        attends = [layer.extend_attend(start) for layer in self.layers]
+        context = model.context(model.embed(s1, s2, stamps), model.rope(positions), attends)  # [N*S, T, D]
+        self.s2_cache.write(*model.s2_keys_values(context), start)
+        self.last_context = context[:, -1:]
+        self.logits = model.head(context[:, -1])
+
+
+class _FullSteps:
+    """Full recompute: every step runs the whole window of every path through the model."""
+
+    def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: "_Generated"):
+        self.model, self.batch, self.samples, self.generated = model, batch, samples, generated
+
+    def s1_logits(self, step: int) -> torch.Tensor:
+        batch, samples, g = self.batch, self.samples, self.generated
+        visible = batch.visible(step)
+        start = batch.s1.shape[1] - max(visible)
+
+        def window(history: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+            return torch.cat([history[:, start:].repeat_interleave(samples, 0), generated[:, :step]], dim=1)
+
+        self.padding = None
+        if min(visible) != max(visible):
+            valid = batch.valid_columns(visible)[:, start:].repeat_interleave(samples, 0)
+            self.padding = ~torch.cat([valid, valid.new_ones(valid.shape[0], step)], dim=1)
+        logits, self.context = self.model.decode_s1(
+            window(batch.s1, g.s1), window(batch.s2, g.s2), window(batch.stamps, g.stamps), self.padding
+        )
+        return logits[:, -1]
+
+    def s2_logits(self, s1: torch.Tensor, step: int) -> torch.Tensor:
+        return self.model.decode_s2(self.context, s1[:, None], self.padding)[:, -1]
+
+
+@dataclass
+class _Generated:
+    s1: torch.Tensor  # [N*S, pred_len]
+    s2: torch.Tensor  # [N*S, pred_len]
+    stamps: torch.Tensor  # [N*S, pred_len, 5] time features of the generated bars
+
+
+_STEPPERS = {"cached": _CachedSteps, "full": _FullSteps}
+
+
+@torch.inference_mode()
+def generate_tokens(model: Kronos, batch: TokenizedBatch, samples: int, params: SamplingParams,
+                    seeds: torch.Tensor, method: str = "cached") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``samples`` token paths per series -> (s1, s2), each [N*S, pred_len], series-major rows.
+
+    ``seeds`` [N] int64 gives each series its random stream: a series' paths do not depend on the other
+    series in the batch, and the first k paths are the same whatever ``samples`` is.
+    """
+    if method not in _STEPPERS:
+        raise ValueError(f"method must be one of {DECODING_METHODS}, got {method!r}.")
+    rows = len(batch.kept) * samples
+    keys = _stream_keys(seeds, samples)
+    generated = _Generated(
+        s1=batch.s1.new_empty(rows, batch.pred_len),
+        s2=batch.s2.new_empty(rows, batch.pred_len),
+        stamps=batch.future_stamps.repeat_interleave(samples, dim=0),
+    )
+    steps = _STEPPERS[method](model, batch, samples, generated)
+    for i in range(batch.pred_len):
+        s1_logits = steps.s1_logits(i)
+        s1 = sample_from_logits(s1_logits, params, uniforms(keys, i, 0, s1_logits.dtype))
+        s2_logits = steps.s2_logits(s1, i)
+        generated.s1[:, i] = s1
+        generated.s2[:, i] = sample_from_logits(s2_logits, params, uniforms(keys, i, 1, s2_logits.dtype))
+    return generated.s1, generated.s2
+
+
+@torch.inference_mode()
+def decode_tokens(tokenizer: KronosTokenizer, batch: TokenizedBatch, s1: torch.Tensor, s2: torch.Tensor,
+                  samples: int, method: str = "cached") -> torch.Tensor:
+    """Generated tokens [N*S, pred_len] -> normalised bars [N*S, pred_len, 6].
+
+    Each path is decoded from the last ``max_context`` tokens of its history and generated tokens. The
+    cached method decodes the history part once per series and shares it with the series' paths.
+    """
+    pred_len = batch.pred_len
+    visible = batch.visible(pred_len)
+    width = batch.s1.shape[1]
+    start = width - max(visible)
+    valid = batch.valid_columns(visible)[:, start:]  # [N, Pv]
+    hist_s1, hist_s2 = batch.s1[:, start:], batch.s2[:, start:]
+    quantizer = tokenizer.tokenizer
+
+    if method == "full":
+        rows_valid = valid.repeat_interleave(samples, 0)
+        padding = ~torch.cat([rows_valid, rows_valid.new_ones(rows_valid.shape[0], pred_len)], dim=1)
+        window = (
+            torch.cat([hist_s1.repeat_interleave(samples, 0), s1], dim=1),
+            torch.cat([hist_s2.repeat_interleave(samples, 0), s2], dim=1),
+        )
+        bars = tokenizer.decode(window, padding_mask=None if min(visible) == max(visible) else padding)
+        return bars[:, -pred_len:]
+
+    # The history part once per series; it is empty when pred_len == max_context.
+    store: list = [None] * len(tokenizer.decoder)
+    rope = tokenizer.rope(positions_from_mask(valid, len(visible), valid.shape[1], valid.device))
+    attend = causal_attend(None if min(visible) == max(visible) else valid)
+    codes = quantizer.ids_to_codes(hist_s1, hist_s2, tokenizer.dtype)  # [N, Pv, bits]
+    tokenizer.decode_hidden(codes, rope, [capture_attend(attend, store, i) for i in range(len(store))])
+    caches = [SharedPrefixKV(k, v, valid, samples, pred_len) for k, v in store]
+    positions = torch.tensor(visible, device=s1.device).repeat_interleave(samples)[:, None] + torch.arange(
+        pred_len, device=s1.device
+    )
+    codes = quantizer.ids_to_codes(s1, s2, tokenizer.dtype)  # [N*S, pred_len, bits]
+    return tokenizer.decode_hidden(codes, tokenizer.rope(positions), [c.extend_attend(0) for c in caches])

@@ -1,0 +1,250 @@
+"""KronosPredictor: forecasts from pandas frames, argument-compatible with upstream Kronos's predictor.
+
+Beyond upstream: series of any mix of lengths in one call (batched in chunks), cached decoding,
+explicit seeds with one random stream per series, and, on request, quantiles and the sample paths
+next to the mean. See docs/upstream-differences.md for every behavioural difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kronos_tasks.model import Kronos, KronosTokenizer, check_pair
+
+from .features import (
+    FEATURE_COLUMNS,
+    InputError,
+    as_timestamps,
+    complete_features,
+    denormalise,
+    normalise,
+    time_features,
+)
+from .generate import DECODING_METHODS, decode_tokens, generate_tokens, tokenize
+from .sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1
+
+
+def derive_seed(base: int, key: int | str) -> int:
+    """A 63-bit seed for ``key`` (a series index or a symbol) from a base seed; stable across platforms."""
+    digest = hashlib.blake2b(f"{base}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass
+class Forecast:
+    """One series' forecast: the mean path, quantiles and (on request) every sample path.
+
+    ``seed`` is the series' own seed: ``predict(..., seed=forecast.seed)`` reproduces it on the same device.
+    """
+
+    mean: pd.DataFrame
+    quantiles: dict[float, pd.DataFrame] = field(default_factory=dict)
+    samples: np.ndarray | None = None  # [sample_count, pred_len, 6], columns as FEATURE_COLUMNS
+    seed: int = 0
+
+    def quantile(self, q: float) -> pd.DataFrame:
+        try:
+            return self.quantiles[q]
+        except KeyError:
+            raise KeyError(f"quantile {q} was not requested; available: {sorted(self.quantiles)}") from None
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+        high is not None and value > high
+    ):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise InputError(f"{name} must be an integer {bound}, got {value!r}.")
+    return int(value)
+
+
+def _check_quantiles(quantiles) -> tuple[float, ...]:
+    if quantiles is None:
+        return ()
+    values = tuple(float(q) for q in quantiles)
+    for q in values:
+        if not 0 < q < 1:
+            raise InputError(f"quantiles must lie strictly between 0 and 1, got {q}.")
+    return values
+
+
+def _series_seeds(seed, count: int) -> list[int]:
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())  # follows torch.manual_seed, as upstream's sampling does
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != count:
+            raise InputError(f"seed: got {len(seed)} seeds for {count} series; give one per series or one int.")
+        return [_check_int(f"seed[{i}]", s, 0, MAX_SEED) for i, s in enumerate(seed)]
+    base = _check_int("seed", seed, 0, MAX_SEED)
+    return [base] if count == 1 else [derive_seed(base, i) for i in range(count)]
+
+
+@dataclass
+class _Series:
+    values: np.ndarray  # [L, 6] normalised, clipped
+    mean: np.ndarray
+    std: np.ndarray
+    stamps: np.ndarray  # [L, 5]
+    future_stamps: np.ndarray  # [pred_len, 5]
+    y_timestamp: object
+
+
+class KronosPredictor:
+    """Forecasts OHLCVA bars with a Kronos model and its tokenizer.
+
+    ``batch_size`` bounds how many series decode together (memory grows with batch_size x sample_count x
+    window); ``method`` is ``"cached"`` (default) or ``"full"``, the slow full-recompute reference path.
+    """
+
+    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device: str | None = None,
+                 max_context: int = 512, clip: float = 5, *, batch_size: int = 32, method: str = "cached"):
+        check_pair(tokenizer.config, model.config)
+        self.max_context = _check_int("max_context", max_context, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        if method not in DECODING_METHODS:
+            raise InputError(f"method must be one of {DECODING_METHODS}, got {method!r}.")
+        if not clip > 0:
+            raise InputError(f"clip must be > 0, got {clip!r}.")
+        self.method = method
+        self.clip = clip
+        self.device = torch.device(device or default_device())
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer.to(self.device).eval()
+
+    def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0, top_k: int = 0,
+                top_p: float = 0.9, sample_count: int = 1, verbose: bool = True, *, seed: int | None = None,
+                quantiles: Sequence[float] | None = None, return_samples: bool = False):
+        """Forecast ``pred_len`` bars after ``df`` at the times ``y_timestamp``.
+
+        Returns the mean over ``sample_count`` sample paths as a DataFrame (open, high, low, close, volume,
+        amount) indexed by ``y_timestamp``, as upstream does. With ``quantiles`` or ``return_samples`` it
+        returns a ``Forecast`` with the mean, those quantiles and the sample paths. The same ``seed`` and
+        inputs give the same forecast on the same device; ``seed=None`` draws one from torch's generator.
+        """
+        if seed is not None and isinstance(seed, (list, tuple, np.ndarray)):
+            raise InputError("predict takes one int seed; predict_batch takes one per series.")
+        return self.predict_batch(
+            [df], [x_timestamp], [y_timestamp], pred_len, T=T, top_k=top_k, top_p=top_p, sample_count=sample_count,
+            verbose=verbose, seed=seed, quantiles=quantiles, return_samples=return_samples, _labels=["df"],
+        )[0]
+
+    def predict_batch(self, df_list, x_timestamp_list, y_timestamp_list, pred_len: int, T: float = 1.0,
+                      top_k: int = 0, top_p: float = 0.9, sample_count: int = 1, verbose: bool = True, *,
+                      seed: int | Sequence[int] | None = None, quantiles: Sequence[float] | None = None,
+                      return_samples: bool = False, _labels: list[str] | None = None):
+        """Forecast several series at once; they may have different history lengths.
+
+        Each result equals what ``predict`` gives for that series alone with the series' seed: an int
+        ``seed`` gives series i the seed ``derive_seed(seed, i)``, a list gives each series its own.
+        Returns one DataFrame (or ``Forecast``, as in ``predict``) per series, in input order.
+        """
+        if not isinstance(df_list, (list, tuple)) or not isinstance(x_timestamp_list, (list, tuple)) or not isinstance(
+            y_timestamp_list, (list, tuple)
+        ):
+            raise InputError("df_list, x_timestamp_list and y_timestamp_list must be lists or tuples.")
+        if not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)) or not df_list:
+            raise InputError(
+                f"df_list, x_timestamp_list and y_timestamp_list must be non-empty and of one length, got "
+                f"{len(df_list)}, {len(x_timestamp_list)} and {len(y_timestamp_list)}."
+            )
+        pred_len = _check_int("pred_len", pred_len, 1, self.max_context)
+        sample_count = _check_int("sample_count", sample_count, 1)
+        try:
+            params = SamplingParams(T=T, top_k=top_k, top_p=top_p)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        levels = _check_quantiles(quantiles)
+        seeds = _series_seeds(seed, len(df_list))
+        labels = _labels or [f"df_list[{i}]" for i in range(len(df_list))]
+        series = [
+            self._prepare(df, x_ts, y_ts, pred_len, label)
+            for df, x_ts, y_ts, label in zip(df_list, x_timestamp_list, y_timestamp_list, labels)
+        ]
+
+        paths = self._sample_paths(series, seeds, sample_count, params, verbose)  # per series [S, pred_len, 6]
+        results = []
+        for s, normalised, series_seed in zip(series, paths, seeds):
+            mean = denormalise(np.mean(normalised, axis=0), s.mean, s.std)
+            mean_df = pd.DataFrame(mean, columns=FEATURE_COLUMNS, index=s.y_timestamp)
+            if not levels and not return_samples:
+                results.append(mean_df)
+                continue
+            samples = denormalise(normalised, s.mean, s.std)
+            qs = np.quantile(samples, levels, axis=0) if levels else []
+            results.append(
+                Forecast(
+                    mean=mean_df,
+                    quantiles={
+                        q: pd.DataFrame(values, columns=FEATURE_COLUMNS, index=s.y_timestamp)
+                        for q, values in zip(levels, qs)
+                    },
+                    samples=samples if return_samples else None,
+                    seed=series_seed,
+                )
+            )
+        return results
+
+    def _prepare(self, df, x_timestamp, y_timestamp, pred_len: int, label: str) -> _Series:
+        features = complete_features(df, label)
+        if len(features) == 0:
+            raise InputError(f"{label}: the history is empty; give at least one bar.")
+        x_stamps = as_timestamps(x_timestamp, f"{label}: x_timestamp", expected_len=len(features))
+        y_stamps = as_timestamps(y_timestamp, f"{label}: y_timestamp")
+        if len(y_stamps) != pred_len:
+            raise InputError(f"{label}: y_timestamp has {len(y_stamps)} timestamps but pred_len is {pred_len}.")
+        values, mean, std = normalise(features.to_numpy(), self.clip)
+        return _Series(values, mean, std, time_features(x_stamps), time_features(y_stamps), y_timestamp)
+
+    def _sample_paths(self, series: list[_Series], seeds: list[int], samples: int, params: SamplingParams,
+                      verbose: bool) -> list[np.ndarray]:
+        """Normalised sample paths per series, [S, pred_len, 6], decoding chunks of similar lengths together."""
+        dtype, device = self.model.dtype, self.device
+        order = sorted(range(len(series)), key=lambda i: -len(series[i].values))
+        out: list[np.ndarray | None] = [None] * len(series)
+        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for number, chunk in enumerate(chunks, start=1):
+            started = time.perf_counter()
+
+            def tensors(name: str) -> list[torch.Tensor]:
+                return [torch.from_numpy(getattr(series[i], name)).to(device, dtype) for i in chunk]
+
+            batch = tokenize(
+                self.tokenizer, tensors("values"), tensors("stamps"), tensors("future_stamps"), self.max_context
+            )
+            chunk_seeds = torch.tensor([seeds[i] for i in chunk], dtype=torch.int64, device=device)
+            s1, s2 = generate_tokens(self.model, batch, samples, params, chunk_seeds, self.method)
+            bars = decode_tokens(self.tokenizer, batch, s1, s2, samples, self.method)
+            keep = torch.float64 if bars.dtype == torch.float64 else torch.float32
+            bars = bars.to(keep).cpu().numpy().reshape(len(chunk), samples, batch.pred_len, -1)
+            for position, i in enumerate(chunk):
+                out[i] = bars[position]
+            if verbose:
+                seconds = time.perf_counter() - started
+                bars_made = len(chunk) * samples * batch.pred_len
+                log.info(
+                    "chunk %d/%d: %d series x %d samples x %d bars in %.2f s (%.0f bars/s, %s)",
+                    number, len(chunks), len(chunk), samples, batch.pred_len, seconds,
+                    bars_made / max(seconds, 1e-9), self.method,
+                )
+        return out
+

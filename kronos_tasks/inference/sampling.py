@@ -1,0 +1,95 @@
+"""Temperature, top-k and top-p filtering, and sampling driven by a counter-based random stream.
+
+Every random draw is a hash of (series seed, sample index, step, stage), computed with integer ops on
+the device. Draws therefore do not depend on which other series share the batch, on the batch size or
+on the device, and no generator state crosses the host in the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is drawn: ``T`` divides the logits, then top-k, then top-p filtering apply.
+
+    ``top_k=0`` and ``top_p=1.0`` switch a filter off. Unlike upstream Kronos, which applies only top-k when
+    both are set, both filters apply in that order: top-p works on the top-k distribution, renormalised.
+    """
+
+    T: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if isinstance(self.T, bool) or not isinstance(self.T, (int, float)) or not math.isfinite(self.T) or self.T <= 0:
+            raise ValueError(f"T (temperature) must be a finite number > 0, got {self.T!r}.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}.")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}.")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the top ``top_k``, then outside the nucleus of mass ``top_p``.
+
+    The nucleus keeps tokens in order of probability while the mass of the tokens before them is at most
+    ``top_p`` (so the token that crosses the threshold stays, and the most likely token always stays).
+    """
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+        mass = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = torch.zeros_like(mass, dtype=torch.bool)
+        drop_sorted[..., 1:] = mass[..., :-1] > top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for x in [0, 2**32), in int64 without overflow."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche (C. Wellons' "lowbias32"), on int64 tensors."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def stream_keys(seeds: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """One 32-bit key per row from a 63-bit series seed and the row's sample index (both int64 [R])."""
+    key = mix32(seeds ^ 0x9E3779B9)
+    key = mix32(key ^ (seeds >> 32))
+    return mix32(key ^ sample_index)
+
+
+def uniforms(keys: torch.Tensor, step: int, stage: int, dtype: torch.dtype) -> torch.Tensor:
+    """A uniform draw in (0, 1] per row for one (step, stage) of the rows' streams."""
+    counter = mix32(keys ^ (2 * step + stage))
+    bits = mix32(counter + 0x632BE5AB) >> 8  # 24 bits: exact in float32
+    return (bits.to(dtype) + 0.5) * 2.0**-24
+
+
+def sample_from_logits(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> torch.Tensor:
+    """Token ids [R] drawn from ``logits`` [R, V] with one uniform per row ``u`` [R] (inverse CDF)."""
+    logits = filter_logits(logits / params.T, params.top_k, params.top_p)
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # [R, V]
+    # The first token whose cumulative mass reaches u * total: never a token of zero probability.
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
