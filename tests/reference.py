@@ -1,0 +1,150 @@
+"""A plain reference of Kronos, written from the published math and independent of kronos_tasks.model.
+
+It reads raw state dicts and recomputes everything for one series at a time with explicit
+operations (no SDPA, no caches, no padding). Tests compare the library's paths against it.
+The only library pieces it uses are the random stream and the token filter, which have their own tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from kronos_tasks.inference.sampling import SamplingParams, sample_from_logits, stream_keys, uniforms
+
+
+def rms_norm(x, weight, eps=1e-5):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight
+
+
+def linear(x, sd, name, bias=True):
+    y = x @ sd[f"{name}.weight"].T
+    return y + sd[f"{name}.bias"] if bias else y
+
+
+def rotate(x, positions):
+    """Rotary positions, half-split layout: pairs (i, i + hd/2) rotate by angle pos * 10000^(-2i/hd)."""
+    hd = x.shape[-1]
+    # The published checkpoints hold these frequencies as float32 buffers, whatever the compute dtype.
+    freq = (1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))).to(x.dtype)
+    angle = positions.to(x.dtype)[:, None] * freq[None, :]  # [L, hd/2]
+    a, b = x[..., : hd // 2], x[..., hd // 2 :]
+    cos, sin = angle.cos(), angle.sin()
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+
+
+def attention(xq, xkv, sd, name, n_heads, causal, rope_q, rope_k):
+    """Multi-head attention for one sequence: xq [Lq, D], xkv [Lk, D]."""
+    d = xq.shape[-1]
+    hd = d // n_heads
+    outs = []
+    q_all, k_all, v_all = linear(xq, sd, f"{name}.q_proj"), linear(xkv, sd, f"{name}.k_proj"), linear(xkv, sd, f"{name}.v_proj")
+    for h in range(n_heads):
+        q, k, v = (t[:, h * hd : (h + 1) * hd] for t in (q_all, k_all, v_all))
+        if rope_q is not None:
+            q = rotate(q, rope_q)
+        if rope_k is not None:
+            k = rotate(k, rope_k)
+        scores = q @ k.T / math.sqrt(hd)
+        if causal:
+            lq, lk = scores.shape
+            scores = scores.masked_fill(torch.ones(lq, lk, dtype=torch.bool).triu(1), float("-inf"))
+        outs.append(torch.softmax(scores, -1) @ v)
+    return linear(torch.cat(outs, -1), sd, f"{name}.out_proj")
+
+
+def block(x, sd, name, n_heads):
+    pos = torch.arange(x.shape[0])
+    h = rms_norm(x, sd[f"{name}.norm1.weight"])
+    x = x + attention(h, h, sd, f"{name}.self_attn", n_heads, True, pos, pos)
+    h = rms_norm(x, sd[f"{name}.norm2.weight"])
+    gate = torch.nn.functional.silu(linear(h, sd, f"{name}.ffn.w1", bias=False))
+    return x + linear(gate * linear(h, sd, f"{name}.ffn.w3", bias=False), sd, f"{name}.ffn.w2", bias=False)
+
+
+def tokenizer_encode(sd, cfg, bars):
+    """bars [L, 6] -> (s1, s2) ids, bit i of each id = sign of dimension i of its half of the code."""
+    z = linear(bars, sd, "embed")
+    for i in range(cfg["n_enc_layers"] - 1):
+        z = block(z, sd, f"encoder.{i}", cfg["n_heads"])
+    z = linear(z, sd, "quant_embed")
+    bits = (z > 0).long()
+    s1 = sum(bits[:, i] << i for i in range(cfg["s1_bits"]))
+    s2 = sum(bits[:, cfg["s1_bits"] + i] << i for i in range(cfg["s2_bits"]))
+    return s1, s2
+
+
+def tokenizer_decode(sd, cfg, s1, s2):
+    n_bits = cfg["s1_bits"] + cfg["s2_bits"]
+    bits = [((s1 >> i) & 1) for i in range(cfg["s1_bits"])] + [((s2 >> i) & 1) for i in range(cfg["s2_bits"])]
+    code = (torch.stack(bits, -1).to(sd["embed.weight"].dtype) * 2 - 1) / math.sqrt(n_bits)
+    z = linear(code, sd, "post_quant_embed")
+    for i in range(cfg["n_dec_layers"] - 1):
+        z = block(z, sd, f"decoder.{i}", cfg["n_heads"])
+    return linear(z, sd, "head")
+
+
+def model_contexts(sd, cfg, s1, s2, stamps):
+    """Contexts [L, D] of a window of tokens with time features [L, 5] (minute, hour, weekday, day, month)."""
+    d = cfg["d_model"]
+    emb = torch.cat([sd["embedding.emb_s1.weight"][s1] * math.sqrt(d), sd["embedding.emb_s2.weight"][s2] * math.sqrt(d)], -1)
+    x = linear(emb, sd, "embedding.fusion_proj")
+    stamps = stamps.long()
+    names = ["minute", "hour", "weekday", "day", "month"]
+    for j in (1, 2, 3, 4, 0):  # upstream's order of summation
+        key = f"time_emb.{names[j]}_embed.weight"
+        table = sd[key] if key in sd else sd[f"time_emb.{names[j]}_embed.emb.weight"]  # learn_te false
+        x = x + table[stamps[:, j]]
+    for i in range(cfg["n_layers"]):
+        x = block(x, sd, f"transformer.{i}", cfg["n_heads"])
+    return rms_norm(x, sd["norm.weight"])
+
+
+def s1_logits(sd, contexts):
+    return linear(contexts[-1], sd, "head.proj_s1")
+
+
+def s2_logits(sd, contexts, s1_next):
+    """The next token's s2 logits: its s1 embedding attends (no positions) to every context of the window."""
+    query = sd["embedding.emb_s1.weight"][s1_next][None, :]
+    attended = attention(query, contexts, sd, "dep_layer.cross_attn", 4, False, None, None)
+    return linear(rms_norm(contexts[-1] + attended[0], sd["dep_layer.norm.weight"]), sd, "head.proj_s2")
+
+
+def normalise(values, clip=5.0):
+    x = values.astype(np.float32)
+    mean, std = x.mean(0), x.std(0)
+    return np.clip((x - mean) / (std + 1e-5), -clip, clip), mean, std
+
+
+def forecast_paths(model, tokenizer, bars, stamps, future_stamps, pred_len, max_context, samples, params: SamplingParams,
+                   seed):
+    """Normalised sample paths [S, pred_len, 6] for one series, recomputing the whole window at every step."""
+    msd, tsd = model.state_dict(), tokenizer.state_dict()
+    mcfg, tcfg = model.config.to_dict(), tokenizer.config.to_dict()
+    dtype = tokenizer.embed.weight.dtype
+    bars = torch.as_tensor(bars, dtype=dtype)
+    stamps, future_stamps = torch.as_tensor(stamps), torch.as_tensor(future_stamps)
+    s1_hist, s2_hist = tokenizer_encode(tsd, tcfg, bars)
+    keys = stream_keys(torch.full((samples,), seed, dtype=torch.int64), torch.arange(samples))
+    all_stamps = torch.cat([stamps, future_stamps])
+    paths = []
+    for r in range(samples):
+        s1_seq, s2_seq = list(s1_hist), list(s2_hist)
+        for i in range(pred_len):
+            end = len(s1_seq)
+            start = max(0, end - max_context)
+            ctx = model_contexts(msd, mcfg, torch.stack(s1_seq[start:end]), torch.stack(s2_seq[start:end]), all_stamps[start:end])
+            u1 = uniforms(keys[r : r + 1], i, 0, ctx.dtype)
+            s1 = sample_from_logits(s1_logits(msd, ctx)[None], params, u1)[0]
+            u2 = uniforms(keys[r : r + 1], i, 1, ctx.dtype)
+            s2 = sample_from_logits(s2_logits(msd, ctx, s1)[None], params, u2)[0]
+            s1_seq.append(s1)
+            s2_seq.append(s2)
+        end = len(s1_seq)
+        start = max(0, end - max_context)
+        decoded = tokenizer_decode(tsd, tcfg, torch.stack(s1_seq[start:]), torch.stack(s2_seq[start:]))
+        paths.append(decoded[-pred_len:])
+    return torch.stack(paths).numpy()

@@ -1,0 +1,195 @@
+"""The network: published config keys, checkpoint round trips and errors, equivalence with the plain reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import reference
+from kronos_tasks.model import CheckpointError, ConfigError, Kronos, KronosTokenizer, check_pair
+from kronos_tasks.model.presets import MODEL_PRESETS, TOKENIZER_PRESETS, parameter_count, random_model, random_tokenizer
+
+PUBLISHED_MODEL_KEYS = {
+    "attn_dropout_p", "d_model", "ff_dim", "ffn_dropout_p", "learn_te", "n_heads", "n_layers", "resid_dropout_p",
+    "s1_bits", "s2_bits", "token_dropout_p",
+}
+PUBLISHED_TOKENIZER_KEYS = {
+    "attn_dropout_p", "beta", "d_in", "d_model", "ff_dim", "ffn_dropout_p", "gamma", "gamma0", "group_size",
+    "n_dec_layers", "n_enc_layers", "n_heads", "resid_dropout_p", "s1_bits", "s2_bits", "zeta",
+}
+
+
+def test_constructors_take_exactly_the_published_config_keys():
+    assert set(MODEL_PRESETS["Kronos-small"]) == PUBLISHED_MODEL_KEYS
+    assert set(TOKENIZER_PRESETS["Kronos-Tokenizer-base"]) == PUBLISHED_TOKENIZER_KEYS
+    Kronos(**MODEL_PRESETS["tiny"])
+    KronosTokenizer(**TOKENIZER_PRESETS["tiny"])
+    with pytest.raises(ConfigError, match="unknown key.*'max_len'"):
+        Kronos(**MODEL_PRESETS["tiny"], max_len=512)
+    config = dict(MODEL_PRESETS["tiny"])
+    del config["learn_te"]
+    with pytest.raises(ConfigError, match="missing key.*learn_te"):
+        Kronos(**config)
+    with pytest.raises(ConfigError, match="n_layers.*int"):
+        Kronos(**{**MODEL_PRESETS["tiny"], "n_layers": "2"})
+    with pytest.raises(ConfigError, match="divisible"):
+        KronosTokenizer(**{**TOKENIZER_PRESETS["tiny"], "n_heads": 5})
+
+
+def test_published_shapes_have_the_published_parameter_counts():
+    assert parameter_count(random_model("Kronos-small")) == 24_741_376
+    assert parameter_count(random_tokenizer("Kronos-Tokenizer-base")) == 3_958_042
+
+
+def test_state_dict_names_follow_upstream():
+    keys = set(random_model("tiny").state_dict())
+    for key in (
+        "embedding.emb_s1.weight", "embedding.fusion_proj.bias", "time_emb.minute_embed.weight",
+        "transformer.1.self_attn.q_proj.weight", "transformer.0.ffn.w3.weight", "transformer.0.norm2.weight",
+        "norm.weight", "dep_layer.cross_attn.out_proj.bias", "dep_layer.norm.weight", "head.proj_s2.weight",
+    ):
+        assert key in keys
+    tokenizer_keys = set(random_tokenizer("tiny").state_dict())
+    assert {"embed.weight", "quant_embed.bias", "post_quant_embed_pre.weight", "decoder.1.ffn.w2.weight"} <= tokenizer_keys
+
+
+def test_kronos_small_shape_round_trip_gives_identical_logits(tmp_path):
+    model = random_model("Kronos-small", seed=3)
+    folder = model.save_pretrained(tmp_path / "small")
+    assert json.loads((folder / "config.json").read_text()) == MODEL_PRESETS["Kronos-small"]
+    reloaded = Kronos.from_pretrained(folder)
+    s1, s2 = torch.randint(0, 1024, (2, 48)), torch.randint(0, 1024, (2, 48))
+    stamps = torch.stack([torch.randint(0, n, (2, 48)) for n in (60, 24, 7, 32, 13)], -1).float()
+    with torch.no_grad():
+        logits_a, ctx_a = model.decode_s1(s1, s2, stamps)
+        logits_b, ctx_b = reloaded.decode_s1(s1, s2, stamps)
+        assert torch.equal(logits_a, logits_b)
+        next_s1 = torch.randint(0, 1024, (2, 1))
+        assert torch.equal(model.decode_s2(ctx_a, next_s1), reloaded.decode_s2(ctx_b, next_s1))
+
+
+def test_saved_files_carry_upstream_derived_buffers(tmp_path):
+    folder = random_tokenizer("tiny").save_pretrained(tmp_path / "tok")
+    tensors = load_file(folder / "model.safetensors")
+    assert tensors["tokenizer.bsq.basis"].tolist() == [2**i for i in range(11, -1, -1)]
+    assert "encoder.0.self_attn.rotary.inv_freq" in tensors
+    model_folder = random_model("tiny").save_pretrained(tmp_path / "model")
+    assert "dep_layer.cross_attn.rotary.inv_freq" in load_file(model_folder / "model.safetensors")
+
+
+def test_tokenizer_round_trip_and_learn_te_false(tmp_path):
+    tokenizer = random_tokenizer("tiny", seed=5)
+    again = KronosTokenizer.from_pretrained(tokenizer.save_pretrained(tmp_path / "t"))
+    x = torch.randn(2, 30, 6)
+    s1, s2 = tokenizer.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip((s1, s2), again.encode(x)))
+    fixed = random_model({**MODEL_PRESETS["tiny"], "learn_te": False}, seed=2)
+    loaded = Kronos.from_pretrained(fixed.save_pretrained(tmp_path / "fixed"))
+    assert "time_emb.month_embed.emb.weight" in loaded.state_dict()
+    stamps = torch.zeros(1, 5, 5)
+    tokens = torch.randint(0, 64, (1, 5))
+    assert torch.equal(fixed.decode_s1(tokens, tokens, stamps)[0], loaded.decode_s1(tokens, tokens, stamps)[0])
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    return random_model("tiny").save_pretrained(tmp_path / "model")
+
+
+def test_missing_files_are_named(tmp_path, saved_model):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Kronos.from_pretrained(tmp_path / "nowhere")
+    (saved_model / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        Kronos.from_pretrained(saved_model)
+
+
+def test_pickled_weights_are_refused(tmp_path, saved_model):
+    (saved_model / "model.safetensors").rename(saved_model / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="never loads pickled weights"):
+        Kronos.from_pretrained(saved_model)
+
+
+def test_bad_config_is_reported_with_its_file(saved_model):
+    (saved_model / "config.json").write_text(json.dumps({**MODEL_PRESETS["tiny"], "rope_theta": 1e4}))
+    with pytest.raises(CheckpointError, match=r"config.json.*unknown key.*rope_theta"):
+        Kronos.from_pretrained(saved_model)
+    (saved_model / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Kronos.from_pretrained(saved_model)
+
+
+def test_missing_or_misshaped_tensors_are_named(saved_model):
+    path = saved_model / "model.safetensors"
+    tensors = load_file(path)
+    removed = dict(tensors)
+    del removed["head.proj_s2.bias"]
+    save_file(removed, path)
+    with pytest.raises(CheckpointError, match=r"missing tensors \['head.proj_s2.bias'\]"):
+        Kronos.from_pretrained(saved_model)
+    reshaped = dict(tensors)
+    reshaped["norm.weight"] = torch.ones(33)
+    save_file(reshaped, path)
+    with pytest.raises(CheckpointError, match=r"'norm.weight' has shape \(33,\), the config implies \(32,\)"):
+        Kronos.from_pretrained(saved_model)
+    tampered = dict(tensors)
+    tampered["transformer.0.self_attn.rotary.inv_freq"] = tensors["transformer.0.self_attn.rotary.inv_freq"] * 2
+    save_file(tampered, path)
+    with pytest.raises(CheckpointError, match="differs from the value the architecture defines"):
+        Kronos.from_pretrained(saved_model)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        Kronos.from_pretrained(saved_model)
+
+
+def test_pair_with_other_bit_sizes_is_refused():
+    tokenizer = TOKENIZER_PRESETS["tiny"]
+    model = {**MODEL_PRESETS["tiny"], "s2_bits": 5}
+    with pytest.raises(ConfigError, match="s2_bits=5.*s2_bits=6"):
+        check_pair(random_tokenizer(tokenizer).config, random_model(model).config)
+
+
+def test_tokenizer_matches_reference(tiny_pair64):
+    tokenizer, _ = tiny_pair64
+    sd, cfg = tokenizer.state_dict(), tokenizer.config.to_dict()
+    x = torch.randn(1, 40, 6, dtype=torch.float64)
+    s1, s2 = tokenizer.encode(x)
+    ref_s1, ref_s2 = reference.tokenizer_encode(sd, cfg, x[0])
+    assert torch.equal(s1[0], ref_s1) and torch.equal(s2[0], ref_s2)
+    torch.testing.assert_close(tokenizer.decode((s1, s2))[0], reference.tokenizer_decode(sd, cfg, s1[0], s2[0]))
+    joint = tokenizer.encode(x, half=False)
+    assert torch.equal(joint, s1 + (s2 << 6))
+    torch.testing.assert_close(tokenizer.decode(joint, half=False), tokenizer.decode((s1, s2)))
+
+
+def test_decode_s1_and_s2_match_reference(tiny_pair64):
+    _, model = tiny_pair64
+    sd, cfg = model.state_dict(), model.config.to_dict()
+    s1, s2 = torch.randint(0, 64, (1, 25)), torch.randint(0, 64, (1, 25))
+    stamps = torch.stack([torch.randint(0, n, (1, 25)) for n in (60, 24, 7, 32, 13)], -1).double()
+    logits, context = model.decode_s1(s1, s2, stamps)
+    ref_context = reference.model_contexts(sd, cfg, s1[0], s2[0], stamps[0])
+    torch.testing.assert_close(context[0], ref_context)
+    torch.testing.assert_close(logits[0, -1], reference.s1_logits(sd, ref_context))
+    next_s1 = torch.tensor([[17]])
+    torch.testing.assert_close(model.decode_s2(context, next_s1)[0, -1], reference.s2_logits(sd, ref_context, next_s1[0, 0]))
+
+
+def test_padding_mask_gives_each_row_its_unpadded_result(tiny_pair64):
+    _, model = tiny_pair64
+    s1, s2 = torch.randint(0, 64, (1, 20)), torch.randint(0, 64, (1, 20))
+    stamps = torch.zeros(1, 20, 5, dtype=torch.float64)
+    alone, ctx_alone = model.decode_s1(s1, s2, stamps)
+    pad = 7
+    padded = [torch.cat([torch.zeros(1, pad, dtype=torch.long), t], 1) for t in (s1, s2)]
+    mask = torch.zeros(1, 20 + pad, dtype=torch.bool)
+    mask[:, :pad] = True
+    batch, ctx = model.decode_s1(*padded, torch.zeros(1, 20 + pad, 5, dtype=torch.float64), padding_mask=mask)
+    torch.testing.assert_close(batch[:, pad:], alone)
+    next_s1 = torch.tensor([[3]])
+    torch.testing.assert_close(
+        model.decode_s2(ctx, next_s1, padding_mask=mask)[:, -1], model.decode_s2(ctx_alone, next_s1)[:, -1]
+    )

@@ -1,0 +1,205 @@
+"""KronosPredictor: upstream-compatible forecasts, reproducibility, batching, quantiles and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import reference
+from conftest import FEATURES
+from kronos_tasks import Forecast, Kronos, KronosPredictor, KronosTokenizer
+from kronos_tasks.inference import InputError, derive_seed
+from kronos_tasks.inference.features import time_features
+from kronos_tasks.inference.sampling import SamplingParams
+
+
+def window(df: pd.DataFrame, start: int, lookback: int, pred_len: int):
+    x = df.iloc[start : start + lookback]
+    y = df.iloc[start + lookback : start + lookback + pred_len]
+    return x[FEATURES].reset_index(drop=True), x["timestamps"].reset_index(drop=True), y["timestamps"].reset_index(drop=True)
+
+
+def test_drop_in_names_import_from_the_package():
+    from kronos_tasks import Kronos as K, KronosPredictor as P, KronosTokenizer as T
+
+    assert (K, T, P) == (Kronos, KronosTokenizer, KronosPredictor)
+
+
+@pytest.mark.parametrize("method", ["cached", "full"])
+@pytest.mark.parametrize("lookback, pred_len, max_context", [(60, 12, 512), (50, 20, 56)])
+def test_predict_matches_the_plain_reference(tiny_pair64, a_share, method, lookback, pred_len, max_context):
+    tokenizer, model = tiny_pair64
+    x, x_ts, y_ts = window(a_share, 100, lookback, pred_len)
+    params = SamplingParams(T=1.0, top_k=0, top_p=0.9)
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=max_context, method=method)
+    forecast = predictor.predict(x, x_ts, y_ts, pred_len, sample_count=3, seed=99, return_samples=True)
+
+    normalised, mean, std = reference.normalise(x.to_numpy())
+    paths = reference.forecast_paths(
+        model, tokenizer, normalised, time_features(x_ts), time_features(y_ts), pred_len, max_context, 3, params, seed=99
+    )
+    expected = paths * (std + 1e-5) + mean
+    np.testing.assert_allclose(forecast.samples, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(forecast.mean.to_numpy(), expected.mean(0), rtol=1e-6)
+    assert list(forecast.mean.columns) == FEATURES
+    assert forecast.mean.index.equals(pd.Index(y_ts))
+
+
+def test_greedy_forecast_is_deterministic_and_ignores_the_seed(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    x, x_ts, y_ts = window(a_share, 0, 80, 10)
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    a = predictor.predict(x, x_ts, y_ts, 10, top_k=1, sample_count=4, seed=1, return_samples=True)
+    b = predictor.predict(x, x_ts, y_ts, 10, top_k=1, sample_count=4, seed=2, return_samples=True)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    np.testing.assert_array_equal(a.samples[0], a.samples[3])
+
+
+def test_same_seed_reproduces_and_another_seed_differs(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    x, x_ts, y_ts = window(a_share, 0, 80, 10)
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    first = predictor.predict(x, x_ts, y_ts, 10, sample_count=2, seed=5)
+    pd.testing.assert_frame_equal(first, predictor.predict(x, x_ts, y_ts, 10, sample_count=2, seed=5))
+    assert not first.equals(predictor.predict(x, x_ts, y_ts, 10, sample_count=2, seed=6))
+    torch.manual_seed(3)
+    unseeded = predictor.predict(x, x_ts, y_ts, 10, sample_count=2)
+    torch.manual_seed(3)
+    pd.testing.assert_frame_equal(unseeded, predictor.predict(x, x_ts, y_ts, 10, sample_count=2))
+
+
+def test_first_paths_do_not_depend_on_sample_count(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    x, x_ts, y_ts = window(a_share, 0, 60, 8)
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    few = predictor.predict(x, x_ts, y_ts, 8, sample_count=2, seed=8, return_samples=True)
+    many = predictor.predict(x, x_ts, y_ts, 8, sample_count=5, seed=8, return_samples=True)
+    np.testing.assert_allclose(few.samples, many.samples[:2], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cached", "full"])
+def test_batch_of_mixed_lengths_equals_each_series_alone(tiny_pair64, a_share, method):
+    tokenizer, model = tiny_pair64
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=64, batch_size=3, method=method)
+    specs = [(0, 70, 10), (300, 25, 10), (900, 64, 10), (1200, 5, 10), (1500, 40, 10)]  # start, lookback, pred_len
+    windows = [window(a_share, *spec) for spec in specs]
+    seeds = [11, 22, 33, 44, 55]
+    batch = predictor.predict_batch(
+        [w[0] for w in windows], [w[1] for w in windows], [w[2] for w in windows], 10, sample_count=3, seed=seeds,
+        return_samples=True,
+    )
+    for (x, x_ts, y_ts), seed, got in zip(windows, seeds, batch):
+        alone = predictor.predict(x, x_ts, y_ts, 10, sample_count=3, seed=seed, return_samples=True)
+        assert got.seed == seed
+        np.testing.assert_allclose(got.samples, alone.samples, rtol=1e-9, atol=1e-9)
+
+
+def test_int_seed_in_a_batch_gives_each_series_a_derived_seed(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    windows = [window(a_share, s, 40, 6) for s in (0, 500)]
+    batch = predictor.predict_batch([w[0] for w in windows], [w[1] for w in windows], [w[2] for w in windows], 6,
+                                    sample_count=2, seed=7, quantiles=[0.5])
+    assert [f.seed for f in batch] == [derive_seed(7, 0), derive_seed(7, 1)]
+    again = predictor.predict(*windows[1], 6, sample_count=2, seed=batch[1].seed)
+    np.testing.assert_allclose(again.to_numpy(), batch[1].mean.to_numpy(), rtol=1e-5)
+
+
+def test_quantiles_are_ordered_and_bracket_the_samples(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    x, x_ts, y_ts = window(a_share, 0, 80, 12)
+    forecast = KronosPredictor(model, tokenizer, device="cpu").predict(
+        x, x_ts, y_ts, 12, sample_count=16, seed=3, quantiles=[0.1, 0.5, 0.9], return_samples=True
+    )
+    assert isinstance(forecast, Forecast)
+    assert forecast.samples.shape == (16, 12, 6)
+    q10, q50, q90 = (forecast.quantile(q).to_numpy() for q in (0.1, 0.5, 0.9))
+    assert (q10 <= q50).all() and (q50 <= q90).all()
+    assert (q90 > q10).any()
+    assert (forecast.samples.min(0) <= q10 + 1e-6).all() and (q90 <= forecast.samples.max(0) + 1e-6).all()
+    np.testing.assert_allclose(forecast.mean.to_numpy(), forecast.samples.mean(0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(q50, np.median(forecast.samples, axis=0), rtol=1e-6)
+    with pytest.raises(KeyError, match="0.25 was not requested"):
+        forecast.quantile(0.25)
+
+
+def test_volume_and_amount_are_filled_as_upstream_fills_them(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    x, x_ts, y_ts = window(a_share, 0, 50, 5)
+    derived = x.drop(columns=["amount"])
+    explicit = x.assign(amount=x["volume"] * x[["open", "high", "low", "close"]].mean(axis=1))
+    pd.testing.assert_frame_equal(
+        predictor.predict(derived, x_ts, y_ts, 5, seed=1), predictor.predict(explicit, x_ts, y_ts, 5, seed=1)
+    )
+    no_volume = x.drop(columns=["volume"])  # upstream zeroes amount too when volume is absent
+    zeroed = x.assign(volume=0.0, amount=0.0)
+    pd.testing.assert_frame_equal(
+        predictor.predict(no_volume, x_ts, y_ts, 5, seed=1), predictor.predict(zeroed, x_ts, y_ts, 5, seed=1)
+    )
+
+
+@pytest.fixture
+def ok_inputs(a_share):
+    return window(a_share, 0, 30, 5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x, xt, yt: (x.drop(columns=["close"]), xt, yt, {}), r"missing price column\(s\) \['close'\]"),
+        (lambda x, xt, yt: (x.assign(high=x["high"].where(x.index != 7)), xt, yt, {}), r"'high'.*row 7"),
+        (lambda x, xt, yt: (x.assign(volume=x["volume"].replace(x["volume"].iloc[3], np.inf)), xt, yt, {}),
+         r"'volume'.*infinite.*row 3"),
+        (lambda x, xt, yt: (x, xt.iloc[::-1].reset_index(drop=True), yt, {}), r"x_timestamp.*increase strictly; row 1"),
+        (lambda x, xt, yt: (x, pd.concat([xt.iloc[:5], xt.iloc[4:29]]).reset_index(drop=True), yt, {}),
+         r"row 5 .* duplicates row 4"),
+        (lambda x, xt, yt: (x, xt.iloc[:-1], yt, {}), r"x_timestamp: has 29 timestamps, expected 30"),
+        (lambda x, xt, yt: (x, xt, yt.iloc[:4], {}), r"y_timestamp has 4 timestamps but pred_len is 5"),
+        (lambda x, xt, yt: (x.iloc[:0], xt.iloc[:0], yt, {}), r"history is empty"),
+        (lambda x, xt, yt: (x, xt, yt, {"T": 0.0}), r"T \(temperature\) must be"),
+        (lambda x, xt, yt: (x, xt, yt, {"top_p": 0.0}), r"top_p must be in \(0, 1\]"),
+        (lambda x, xt, yt: (x, xt, yt, {"top_p": 1.5}), r"top_p must be in \(0, 1\]"),
+        (lambda x, xt, yt: (x, xt, yt, {"top_k": -2}), r"top_k must be an integer >= 0"),
+        (lambda x, xt, yt: (x, xt, yt, {"sample_count": 0}), r"sample_count must be an integer >= 1"),
+        (lambda x, xt, yt: (x, xt, yt, {"seed": -1}), r"seed must be an integer"),
+        (lambda x, xt, yt: (x, xt, yt, {"quantiles": [0.1, 1.0]}), r"quantiles must lie strictly between 0 and 1"),
+        (lambda x, xt, yt: ("not a frame", xt, yt, {}), r"expected a pandas DataFrame"),
+    ],
+)
+def test_bad_input_is_named(tiny_pair32, ok_inputs, change, message):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    x, x_ts, y_ts, kwargs = change(*ok_inputs)
+    with pytest.raises(InputError, match=message):
+        predictor.predict(x, x_ts, y_ts, kwargs.pop("pred_len", 5), **kwargs)
+
+
+def test_pred_len_beyond_the_context_and_bad_batch_lists_are_refused(tiny_pair32, ok_inputs):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=16)
+    x, x_ts, y_ts = ok_inputs
+    with pytest.raises(InputError, match="pred_len must be an integer between 1 and 16"):
+        predictor.predict(x, x_ts, y_ts, 17)
+    with pytest.raises(InputError, match="one length"):
+        predictor.predict_batch([x, x], [x_ts], [y_ts, y_ts], 5)
+    with pytest.raises(InputError, match=r"df_list\[1\]: missing price column"):
+        predictor.predict_batch([x, x.drop(columns=["open"])], [x_ts, x_ts], [y_ts, y_ts], 5)
+    with pytest.raises(InputError, match="2 seeds for 1 series"):
+        predictor.predict_batch([x], [x_ts], [y_ts], 5, seed=[1, 2])
+
+
+def test_predictor_refuses_a_mismatched_pair(tiny_pair32):
+    from kronos_tasks.model import ConfigError
+    from kronos_tasks.model.presets import MODEL_PRESETS, random_model
+
+    tokenizer, _ = tiny_pair32
+    with pytest.raises(ConfigError, match="pair the model with the tokenizer"):
+        KronosPredictor(random_model({**MODEL_PRESETS["tiny"], "s1_bits": 7}), tokenizer, device="cpu")
+
+
+def test_predictor_uses_the_cached_path_by_default(tiny_pair32):
+    tokenizer, model = tiny_pair32
+    assert KronosPredictor(model, tokenizer, device="cpu").method == "cached"
