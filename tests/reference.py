@@ -137,9 +137,8 @@ def forecast_paths(model, tokenizer, bars, stamps, future_stamps, pred_len, max_
             end = len(s1_seq)
             start = max(0, end - max_context)
             ctx = model_contexts(msd, mcfg, torch.stack(s1_seq[start:end]), torch.stack(s2_seq[start:end]), all_stamps[start:end])
-            u1 = uniforms(keys[r : r + 1], i, 0, ctx.dtype)
+            u1, u2 = uniforms(keys[r : r + 1], i + 1, ctx.dtype)[:, i].unbind(-1)
             s1 = sample_from_logits(s1_logits(msd, ctx)[None], params, u1)[0]
-            u2 = uniforms(keys[r : r + 1], i, 1, ctx.dtype)
             s2 = sample_from_logits(s2_logits(msd, ctx, s1)[None], params, u2)[0]
             s1_seq.append(s1)
             s2_seq.append(s2)

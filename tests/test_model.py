@@ -193,3 +193,23 @@ def test_padding_mask_gives_each_row_its_unpadded_result(tiny_pair64):
     torch.testing.assert_close(
         model.decode_s2(ctx, next_s1, padding_mask=mask)[:, -1], model.decode_s2(ctx_alone, next_s1)[:, -1]
     )
+
+
+def test_joined_weights_follow_parameter_changes():
+    import torch.nn.functional as F
+
+    from kronos_tasks.model.layers import Linear
+
+    layer = Linear(8, 4)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: the joined copy must be rebuilt
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+    layer.load_state_dict({"weight": torch.zeros(4, 8), "bias": torch.ones(4)})
+    assert torch.equal(layer(x), torch.ones(3, 4))
+    layer.double()
+    assert layer(x.double()).dtype == torch.float64
+    with torch.inference_mode():  # parameters made here track no version; they still work
+        made_in_inference = Linear(8, 4)
+        assert made_in_inference(x).shape == (3, 4)

@@ -72,16 +72,18 @@ def test_mix32_is_lowbias32_without_int64_overflow():
 
 def test_uniforms_are_uniform_and_independent_of_the_batch():
     keys = stream_keys(torch.arange(20000, dtype=torch.int64) * 7919, torch.zeros(20000, dtype=torch.int64))
-    u = uniforms(keys, step=3, stage=1, dtype=torch.float64).numpy()
+    u = uniforms(keys, 5, torch.float64)[:, 3, 1].numpy()
     assert (u > 0).all() and (u <= 1).all()
     counts, _ = np.histogram(u, bins=20, range=(0, 1))
     chi2 = ((counts - 1000) ** 2 / 1000).sum()
     assert chi2 < 45  # 19 degrees of freedom: p < 0.001 above ~43.8
     # The draw of a row depends on its key only, not on the other rows.
-    alone = uniforms(keys[123:124], step=3, stage=1, dtype=torch.float64)
+    alone = uniforms(keys[123:124], 5, torch.float64)[0, 3, 1]
     assert alone.item() == u[123]
-    assert uniforms(keys[:5], 3, 0, torch.float64).tolist() != uniforms(keys[:5], 3, 1, torch.float64).tolist()
-    assert uniforms(keys[:5], 3, 0, torch.float64).tolist() != uniforms(keys[:5], 4, 0, torch.float64).tolist()
+    # A draw does not depend on how many steps are drawn, and differs between steps and stages.
+    assert torch.equal(uniforms(keys[:5], 4, torch.float64), uniforms(keys[:5], 9, torch.float64)[:, :4])
+    few = uniforms(keys[:5], 5, torch.float64)
+    assert few[:, 3, 0].tolist() != few[:, 3, 1].tolist() and few[:, 3, 0].tolist() != few[:, 4, 0].tolist()
 
 
 def test_sample_frequencies_follow_the_filtered_distribution():
@@ -89,7 +91,7 @@ def test_sample_frequencies_follow_the_filtered_distribution():
     rows = 40000
     logits = probs.log().expand(rows, 4)
     keys = stream_keys(torch.full((rows,), 42, dtype=torch.int64), torch.arange(rows))
-    draws = sample_from_logits(logits, SamplingParams(T=1.0, top_k=0, top_p=0.8), uniforms(keys, 0, 0, torch.float32))
+    draws = sample_from_logits(logits, SamplingParams(T=1.0, top_k=0, top_p=0.8), uniforms(keys, 1, torch.float32)[:, 0, 0])
     freq = torch.bincount(draws, minlength=4).double() / rows
     # top_p 0.8 keeps tokens 0, 1, 2 (mass before token 2 is 0.75): renormalised 0.555, 0.278, 0.167.
     expected = torch.tensor([0.5, 0.25, 0.15, 0.0], dtype=torch.float64) / 0.9

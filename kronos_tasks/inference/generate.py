@@ -31,6 +31,17 @@ from .sampling import SamplingParams, sample_from_logits, stream_keys, uniforms
 
 DECODING_METHODS = ("cached", "full")
 
+# Token rows that the passes over many tokens at once (prefill, window rebuild, tokenizer passes) take
+# together. It bounds their working set: tensors much larger than this come from fresh memory on every
+# call, and first-touch page faults then cost more than the arithmetic (bench/RESULTS.md).
+ROWS_PER_PASS = 2048
+
+
+def series_groups(count: int, rows_per_series: int) -> list[slice]:
+    """Consecutive ranges of ``count`` series whose token rows fit ``ROWS_PER_PASS`` together."""
+    size = max(1, ROWS_PER_PASS // max(1, rows_per_series))
+    return [slice(start, min(count, start + size)) for start in range(0, count, size)]
+
 
 @dataclass
 class TokenizedBatch:
@@ -65,26 +76,34 @@ def _left_pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
+def _padding(lengths: list[int], width: int, device: torch.device) -> torch.Tensor | None:
+    """[N, width] left-padding mask (True = padded), or None when no row is padded."""
+    if min(lengths) == width:
+        return None
+    starts = torch.tensor([width - n for n in lengths], device=device)
+    return torch.arange(width, device=device)[None, :] < starts[:, None]
+
+
 @torch.inference_mode()
 def tokenize(tokenizer: KronosTokenizer, bars: list[torch.Tensor], stamps: list[torch.Tensor],
              future_stamps: list[torch.Tensor], max_context: int) -> TokenizedBatch:
-    """Encode each series' whole history (normalised bars [L_n, 6], time features [L_n, 5]) in one batch.
+    """Encode each series' whole history (normalised bars [L_n, 6], time features [L_n, 5]).
 
     The tokenizer sees the whole history, as upstream's does; the window keeps its last ``max_context`` tokens.
     """
     lengths = [len(b) for b in bars]
     longest = max(lengths)
-    x = _left_pad(bars, longest)
-    padding = None
-    if min(lengths) != longest:
-        padding = torch.arange(longest, device=x.device)[None, :] < torch.tensor(
-            [longest - n for n in lengths], device=x.device
-        )[:, None]
-    s1, s2 = tokenizer.encode(x, padding_mask=padding)
+    x = _left_pad(bars, longest)  # [N, L, 6]
+    ids = []
+    for part in series_groups(len(bars), longest):
+        ids.append(tokenizer.encode(x[part], padding_mask=_padding(lengths[part], longest, x.device)))
     width = min(longest, max_context)
     return TokenizedBatch(
-        s1=s1[:, -width:], s2=s2[:, -width:], stamps=_left_pad(stamps, longest)[:, -width:],
-        future_stamps=torch.stack(future_stamps), kept=[min(n, max_context) for n in lengths],
+        s1=torch.cat([s1 for s1, _ in ids])[:, -width:],
+        s2=torch.cat([s2 for _, s2 in ids])[:, -width:],
+        stamps=_left_pad(stamps, longest)[:, -width:],
+        future_stamps=torch.stack(future_stamps),
+        kept=[min(n, max_context) for n in lengths],
         max_context=max_context,
     )
 
@@ -95,11 +114,20 @@ def _stream_keys(seeds: torch.Tensor, samples: int) -> torch.Tensor:
     return stream_keys(seeds.repeat_interleave(samples), sample_index)
 
 
+@dataclass
+class _Generated:
+    s1: torch.Tensor  # [N*S, pred_len]
+    s2: torch.Tensor  # [N*S, pred_len]
+    stamps: torch.Tensor  # [N*S, pred_len, 5] time features of the generated bars
+
+
 class _CachedSteps:
     """Cached decoding: prefill the context once per series, then one token per path and step."""
 
-    def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: "_Generated"):
+    def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: _Generated):
         self.model, self.batch, self.samples, self.generated = model, batch, samples, generated
+        self.layers: list[SharedPrefixKV | None] = [None] * len(model.transformer)
+        self.s2_cache: SharedPrefixKV | None = None
 
     def s1_logits(self, step: int) -> torch.Tensor:
         """s1 logits [N*S, V1] for the token at ``step``, from the tokens generated before it."""
@@ -123,32 +151,55 @@ class _CachedSteps:
         self.visible = visible
         width = batch.s1.shape[1]
         valid = batch.valid_columns(visible)
-        rope = model.rope(positions_from_mask(valid, len(visible), width, valid.device))
-        store: list = [None] * len(model.transformer)
-        attend = causal_attend(None if min(visible) == width else valid)
-        attends = [capture_attend(attend, store, i) for i in range(len(store))]
-        context = model.context(model.embed(batch.s1, batch.s2, batch.stamps), rope, attends)  # [N, P, D]
-        self.layers = [SharedPrefixKV(k, v, valid, samples, batch.pred_len) for k, v in store]
-        self.s2_cache = SharedPrefixKV(*model.s2_keys_values(context), valid, samples, batch.pred_len)
-        self.last_context = context[:, -1:].repeat_interleave(samples, dim=0)  # [N*S, 1, D]
-        self.logits = model.head(context[:, -1]).repeat_interleave(samples, dim=0)  # [N*S, V1]
+        padded = None if min(visible) == width else valid
+        keys: list[list] = [[] for _ in range(len(self.layers) + 1)]  # per layer, then the s2 layer
+        last = []
+        for part in series_groups(len(visible), width):
+            rope = model.rope(positions_from_mask(valid[part], len(valid[part]), width, valid.device))
+            store: list = [None] * len(self.layers)
+            attend = causal_attend(None if padded is None else padded[part])
+            attends = [capture_attend(attend, store, i) for i in range(len(store))]
+            context = model.context(model.embed(batch.s1[part], batch.s2[part], batch.stamps[part]), rope, attends)
+            for layer_keys, kv in zip(keys, store + [model.s2_keys_values(context)]):
+                layer_keys.append(kv)
+            last.append(context[:, -1])
+        caches = [
+            SharedPrefixKV(torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs]), padded, samples,
+                           batch.pred_len, reuse)
+            for kvs, reuse in zip(keys, self.layers + [self.s2_cache])
+        ]
+        self.layers, self.s2_cache = caches[:-1], caches[-1]
+        last_context = torch.cat(last)  # [N, D]
+        self.last_context = last_context.repeat_interleave(samples, dim=0)[:, None]  # [N*S, 1, D]
+        self.logits = model.head(last_context).repeat_interleave(samples, dim=0)  # [N*S, V1]
         self.visible_rows = torch.tensor(visible, device=valid.device).repeat_interleave(samples)[:, None]
 
     def _extend(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor, start: int) -> None:
         """Feed generated tokens [N*S, T] at cache slots start..start+T-1."""
-        model = self.model
-        positions = self.visible_rows + start + torch.arange(s1.shape[1], device=s1.device)  # [N*S, T]
-        attends = [layer.extend_attend(start) for layer in self.layers]
-        context = model.context(model.embed(s1, s2, stamps), model.rope(positions), attends)  # [N*S, T, D]
-        self.s2_cache.write(*model.s2_keys_values(context), start)
-        self.last_context = context[:, -1:]
-        self.logits = model.head(context[:, -1])
+        model, samples = self.model, self.samples
+        length = s1.shape[1]
+        positions = self.visible_rows + start + torch.arange(length, device=s1.device)  # [N*S, T]
+        last, logits = [], []
+        groups = series_groups(len(self.visible), samples * length)
+        for part in groups:
+            rows = slice(part.start * samples, part.stop * samples)
+            layers = self.layers + [self.s2_cache]
+            if len(groups) > 1:
+                layers = [layer.series(part) for layer in layers]
+            attends = [layer.extend_attend(start) for layer in layers[:-1]]
+            x = model.embed(s1[rows], s2[rows], stamps[rows])
+            context = model.context(x, model.rope(positions[rows]), attends)  # [rows, T, D]
+            layers[-1].write(*model.s2_keys_values(context), start)
+            last.append(context[:, -1:])
+            logits.append(model.head(context[:, -1]))
+        self.last_context = torch.cat(last) if len(last) > 1 else last[0]
+        self.logits = torch.cat(logits) if len(logits) > 1 else logits[0]
 
 
 class _FullSteps:
     """Full recompute: every step runs the whole window of every path through the model."""
 
-    def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: "_Generated"):
+    def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: _Generated):
         self.model, self.batch, self.samples, self.generated = model, batch, samples, generated
 
     def s1_logits(self, step: int) -> torch.Tensor:
@@ -172,13 +223,6 @@ class _FullSteps:
         return self.model.decode_s2(self.context, s1[:, None], self.padding)[:, -1]
 
 
-@dataclass
-class _Generated:
-    s1: torch.Tensor  # [N*S, pred_len]
-    s2: torch.Tensor  # [N*S, pred_len]
-    stamps: torch.Tensor  # [N*S, pred_len, 5] time features of the generated bars
-
-
 _STEPPERS = {"cached": _CachedSteps, "full": _FullSteps}
 
 
@@ -199,13 +243,12 @@ def generate_tokens(model: Kronos, batch: TokenizedBatch, samples: int, params: 
         s2=batch.s2.new_empty(rows, batch.pred_len),
         stamps=batch.future_stamps.repeat_interleave(samples, dim=0),
     )
+    draws = uniforms(keys, batch.pred_len, model.dtype)  # [N*S, pred_len, 2]
     steps = _STEPPERS[method](model, batch, samples, generated)
     for i in range(batch.pred_len):
-        s1_logits = steps.s1_logits(i)
-        s1 = sample_from_logits(s1_logits, params, uniforms(keys, i, 0, s1_logits.dtype))
-        s2_logits = steps.s2_logits(s1, i)
+        s1 = sample_from_logits(steps.s1_logits(i), params, draws[:, i, 0])
+        generated.s2[:, i] = sample_from_logits(steps.s2_logits(s1, i), params, draws[:, i, 1])
         generated.s1[:, i] = s1
-        generated.s2[:, i] = sample_from_logits(s2_logits, params, uniforms(keys, i, 1, s2_logits.dtype))
     return generated.s1, generated.s2
 
 
@@ -219,11 +262,10 @@ def decode_tokens(tokenizer: KronosTokenizer, batch: TokenizedBatch, s1: torch.T
     """
     pred_len = batch.pred_len
     visible = batch.visible(pred_len)
-    width = batch.s1.shape[1]
-    start = width - max(visible)
+    start = batch.s1.shape[1] - max(visible)
     valid = batch.valid_columns(visible)[:, start:]  # [N, Pv]
+    padded = None if min(visible) == max(visible) else valid
     hist_s1, hist_s2 = batch.s1[:, start:], batch.s2[:, start:]
-    quantizer = tokenizer.tokenizer
 
     if method == "full":
         rows_valid = valid.repeat_interleave(samples, 0)
@@ -232,18 +274,23 @@ def decode_tokens(tokenizer: KronosTokenizer, batch: TokenizedBatch, s1: torch.T
             torch.cat([hist_s1.repeat_interleave(samples, 0), s1], dim=1),
             torch.cat([hist_s2.repeat_interleave(samples, 0), s2], dim=1),
         )
-        bars = tokenizer.decode(window, padding_mask=None if min(visible) == max(visible) else padding)
+        bars = tokenizer.decode(window, padding_mask=None if padded is None else padding)
         return bars[:, -pred_len:]
 
-    # The history part once per series; it is empty when pred_len == max_context.
-    store: list = [None] * len(tokenizer.decoder)
-    rope = tokenizer.rope(positions_from_mask(valid, len(visible), valid.shape[1], valid.device))
-    attend = causal_attend(None if min(visible) == max(visible) else valid)
-    codes = quantizer.ids_to_codes(hist_s1, hist_s2, tokenizer.dtype)  # [N, Pv, bits]
-    tokenizer.decode_hidden(codes, rope, [capture_attend(attend, store, i) for i in range(len(store))])
-    caches = [SharedPrefixKV(k, v, valid, samples, pred_len) for k, v in store]
-    positions = torch.tensor(visible, device=s1.device).repeat_interleave(samples)[:, None] + torch.arange(
-        pred_len, device=s1.device
-    )
-    codes = quantizer.ids_to_codes(s1, s2, tokenizer.dtype)  # [N*S, pred_len, bits]
-    return tokenizer.decode_hidden(codes, tokenizer.rope(positions), [c.extend_attend(0) for c in caches])
+    quantizer = tokenizer.tokenizer
+    positions = torch.tensor(visible, device=s1.device)[:, None] + torch.arange(pred_len, device=s1.device)
+    out = []
+    for part in series_groups(len(visible), valid.shape[1] + samples * pred_len):
+        rows = slice(part.start * samples, part.stop * samples)
+        # The history part once per series (empty when pred_len == max_context) ...
+        store: list = [None] * len(tokenizer.decoder)
+        rope = tokenizer.rope(positions_from_mask(valid[part], len(valid[part]), valid.shape[1], valid.device))
+        attend = causal_attend(None if padded is None else padded[part])
+        codes = quantizer.ids_to_codes(hist_s1[part], hist_s2[part], tokenizer.dtype)  # [n, Pv, bits]
+        tokenizer.decode_hidden(codes, rope, [capture_attend(attend, store, i) for i in range(len(store))])
+        caches = [SharedPrefixKV(k, v, None if padded is None else padded[part], samples, pred_len) for k, v in store]
+        # ... then each path's generated tokens against it.
+        codes = quantizer.ids_to_codes(s1[rows], s2[rows], tokenizer.dtype)  # [n*S, pred_len, bits]
+        rope = tokenizer.rope(positions[part].repeat_interleave(samples, dim=0))
+        out.append(tokenizer.decode_hidden(codes, rope, [c.extend_attend(0) for c in caches]))
+    return torch.cat(out) if len(out) > 1 else out[0]

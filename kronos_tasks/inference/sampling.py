@@ -79,10 +79,15 @@ def stream_keys(seeds: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor
     return mix32(key ^ sample_index)
 
 
-def uniforms(keys: torch.Tensor, step: int, stage: int, dtype: torch.dtype) -> torch.Tensor:
-    """A uniform draw in (0, 1] per row for one (step, stage) of the rows' streams."""
-    counter = mix32(keys ^ (2 * step + stage))
-    bits = mix32(counter + 0x632BE5AB) >> 8  # 24 bits: exact in float32
+def uniforms(keys: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Uniform draws in (0, 1] of the rows' streams for ``steps`` steps: [R, steps, 2].
+
+    [:, i, 0] draws the s1 token of step i and [:, i, 1] its s2 token; a draw depends on its row's key,
+    step and stage only.
+    """
+    counters = 2 * torch.arange(steps, device=keys.device)[:, None] + torch.arange(2, device=keys.device)
+    mixed = mix32(keys[:, None, None] ^ counters)  # [R, steps, 2]
+    bits = mix32(mixed + 0x632BE5AB) >> 8  # 24 bits: exact in float32
     return (bits.to(dtype) + 0.5) * 2.0**-24
 
 

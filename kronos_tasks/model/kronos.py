@@ -20,6 +20,7 @@ from .config import DEPENDENCY_LAYER_HEADS, KronosConfig
 from .layers import (
     Attend,
     Attention,
+    Linear,
     RMSNorm,
     Rope,
     RotaryEmbedding,
@@ -39,7 +40,7 @@ class HierarchicalEmbedding(nn.Module):
         self.d_model = d_model
         self.emb_s1 = nn.Embedding(2**s1_bits, d_model)
         self.emb_s2 = nn.Embedding(2**s2_bits, d_model)
-        self.fusion_proj = nn.Linear(2 * d_model, d_model)
+        self.fusion_proj = Linear(2 * d_model, d_model)
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
         scale = math.sqrt(self.d_model)
@@ -100,8 +101,8 @@ class DependencyAwareLayer(nn.Module):
 class DualHead(nn.Module):
     def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
         super().__init__()
-        self.proj_s1 = nn.Linear(d_model, 2**s1_bits)
-        self.proj_s2 = nn.Linear(d_model, 2**s2_bits)
+        self.proj_s1 = Linear(d_model, 2**s1_bits)
+        self.proj_s2 = Linear(d_model, 2**s2_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_s1(x)
@@ -167,12 +168,14 @@ class Kronos(nn.Module):
 
     def s2_query(self, s1_ids: torch.Tensor) -> torch.Tensor:
         """The dependency layer's query heads for s1 ids [B, Lq] -> [B, H, Lq, hd] (no rotation)."""
-        return self.dep_layer.cross_attn.heads(self.dep_layer.cross_attn.q_proj, self.embedding.emb_s1(s1_ids))
+        attn = self.dep_layer.cross_attn
+        return attn.heads(attn.q_proj(self.embedding.emb_s1(s1_ids)))
 
     def s2_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The dependency layer's keys and values for contexts [B, L, D] -> 2 x [B, H, L, hd] (no rotation)."""
         attn = self.dep_layer.cross_attn
-        return attn.heads(attn.k_proj, context), attn.heads(attn.v_proj, context)
+        k, v = attn.kv(context).chunk(2, dim=-1)
+        return attn.heads(k), attn.heads(v)
 
     def s2_logits(self, context: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """s2 logits from contexts [B, L, D] and attention output [B, H, Lq, hd] (Lq is L or 1, broadcast)."""
@@ -192,7 +195,8 @@ class Kronos(nn.Module):
         q = self.s2_query(s1_ids)
         k, v = self.s2_keys_values(context)
         if s1_ids.shape[1] == length and length > 1:
-            rope = self.dep_layer.rotary(positions_from_mask(valid, batch, length, context.device))
+            cos, sin = self.dep_layer.rotary(positions_from_mask(valid, batch, length, context.device))
+            rope = (cos.transpose(1, 2), sin.transpose(1, 2))  # [B, 1, L, hd], for the head-major layout
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         elif s1_ids.shape[1] != 1:
             raise ValueError(f"decode_s2: s1_ids must have 1 or {length} positions, got {s1_ids.shape[1]}.")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import TokenizerConfig
-from .layers import Attend, Rope, RotaryEmbedding, TransformerBlock, causal_attend, positions_from_mask
+from .layers import Attend, Linear, Rope, RotaryEmbedding, TransformerBlock, causal_attend, positions_from_mask
 
 
 class BSQuantizer(nn.Module):
@@ -53,8 +53,8 @@ class KronosTokenizer(nn.Module):
         c = self.config
         self.s1_bits, self.s2_bits = c.s1_bits, c.s2_bits
         codebook_dim = c.s1_bits + c.s2_bits
-        self.embed = nn.Linear(c.d_in, c.d_model)
-        self.head = nn.Linear(c.d_model, c.d_in)
+        self.embed = Linear(c.d_in, c.d_model)
+        self.head = Linear(c.d_model, c.d_in)
         # Upstream builds n_layers - 1 blocks on each side; the published weights have that many.
         self.encoder = nn.ModuleList(
             [TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_enc_layers - 1)]
@@ -62,10 +62,10 @@ class KronosTokenizer(nn.Module):
         self.decoder = nn.ModuleList(
             [TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_dec_layers - 1)]
         )
-        self.quant_embed = nn.Linear(c.d_model, codebook_dim)
+        self.quant_embed = Linear(c.d_model, codebook_dim)
         # Reconstructs from the s1 bits alone; used in training only, kept so the weights round-trip.
-        self.post_quant_embed_pre = nn.Linear(c.s1_bits, c.d_model)
-        self.post_quant_embed = nn.Linear(codebook_dim, c.d_model)
+        self.post_quant_embed_pre = Linear(c.s1_bits, c.d_model)
+        self.post_quant_embed = Linear(codebook_dim, c.d_model)
         self.tokenizer = BSQuantizer(c.s1_bits, c.s2_bits)
         self.rotary = RotaryEmbedding(c.d_model // c.n_heads)
 

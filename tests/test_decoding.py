@@ -1,0 +1,136 @@
+"""Cached decoding against full recompute: logits, tokens and decoded bars, with padding and sliding windows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kronos_tasks.inference import cache as cache_module
+from kronos_tasks.inference import generate as gen
+from kronos_tasks.inference.sampling import SamplingParams
+from kronos_tasks.model.presets import MODEL_PRESETS, TOKENIZER_PRESETS, random_model, random_tokenizer
+
+# A little wider than "tiny" so that logits are not trivially close.
+MODEL = {**MODEL_PRESETS["tiny"], "n_layers": 3, "d_model": 48, "ff_dim": 96, "s1_bits": 7, "s2_bits": 7}
+TOKENIZER = {**TOKENIZER_PRESETS["tiny"], "s1_bits": 7, "s2_bits": 7}
+
+CASES = {
+    # lengths of the series' histories, pred_len, max_context
+    "one series, no slide": ([40], 12, 512),
+    "padded batch, no slide": ([40, 17, 33], 12, 512),
+    "padded batch across the window boundary": ([40, 17, 33], 20, 48),
+    "histories longer than the window": ([70, 30, 55], 10, 48),
+}
+
+
+def make_batch(tokenizer, lengths, pred_len, max_context, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bars = [torch.randn(n, 6, generator=g, dtype=dtype) for n in lengths]
+
+    def stamps(n):
+        return torch.stack([torch.randint(0, s, (n,), generator=g) for s in (60, 24, 7, 32, 13)], -1).to(dtype)
+
+    return gen.tokenize(tokenizer, bars, [stamps(n) for n in lengths], [stamps(pred_len) for _ in lengths], max_context)
+
+
+def teacher_forced_logits(stepper_cls, model, batch, samples, tokens):
+    """(s1 logits, s2 logits) per step when the generated tokens are fixed to ``tokens``."""
+    s1, s2 = tokens
+    generated = gen._Generated(s1=s1, s2=s2, stamps=batch.future_stamps.repeat_interleave(samples, 0))
+    steps = stepper_cls(model, batch, samples, generated)
+    out = []
+    with torch.inference_mode():
+        for i in range(batch.pred_len):
+            out.append((steps.s1_logits(i).clone(), steps.s2_logits(s1[:, i], i).clone()))
+    return out
+
+
+def relative_difference(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cached_logits_match_full_recompute_in_float32(case):
+    lengths, pred_len, max_context = CASES[case]
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=1), random_model(MODEL, seed=2)
+    batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float32)
+    samples = 3
+    rows = len(lengths) * samples
+    tokens = (torch.randint(0, 128, (rows, pred_len)), torch.randint(0, 128, (rows, pred_len)))
+    cached = teacher_forced_logits(gen._CachedSteps, model, batch, samples, tokens)
+    full = teacher_forced_logits(gen._FullSteps, model, batch, samples, tokens)
+    for step, ((c1, c2), (f1, f2)) in enumerate(zip(cached, full)):
+        assert relative_difference(c1, f1) <= 1e-5, f"s1 logits differ at step {step}"
+        assert relative_difference(c2, f2) <= 1e-5, f"s2 logits differ at step {step}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("params", [SamplingParams(top_k=1, top_p=1.0), SamplingParams(T=1.0, top_p=0.9)],
+                         ids=["greedy", "nucleus"])
+def test_cached_tokens_and_bars_match_full_recompute_in_float64(case, params):
+    lengths, pred_len, max_context = CASES[case]
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=3).double(), random_model(MODEL, seed=4).double()
+    batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float64)
+    seeds = torch.tensor([5, 6, 7][: len(lengths)])
+    cached = gen.generate_tokens(model, batch, 4, params, seeds, method="cached")
+    full = gen.generate_tokens(model, batch, 4, params, seeds, method="full")
+    assert torch.equal(cached[0], full[0]) and torch.equal(cached[1], full[1])
+    bars_cached = gen.decode_tokens(tokenizer, batch, *cached, 4, method="cached")
+    bars_full = gen.decode_tokens(tokenizer, batch, *full, 4, method="full")
+    torch.testing.assert_close(bars_cached, bars_full, rtol=1e-10, atol=1e-10)
+
+
+def test_small_working_set_groups_give_the_same_result(monkeypatch):
+    """Passes split into groups of series (to bound memory) change nothing in the result."""
+    lengths, pred_len, max_context = [40, 17, 33, 25], 14, 48
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=3).double(), random_model(MODEL, seed=4).double()
+    seeds = torch.tensor([1, 2, 3, 4])
+    params = SamplingParams()
+
+    def run():
+        batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float64)
+        s1, s2 = gen.generate_tokens(model, batch, 3, params, seeds)
+        return s1, s2, gen.decode_tokens(tokenizer, batch, s1, s2, 3)
+
+    whole = run()
+    monkeypatch.setattr(gen, "ROWS_PER_PASS", 1)  # one series per pass
+    monkeypatch.setattr(cache_module, "SCORES_PER_GROUP", 1)  # one query per attention group
+    grouped = run()
+    assert torch.equal(whole[0], grouped[0]) and torch.equal(whole[1], grouped[1])
+    torch.testing.assert_close(whole[2], grouped[2], rtol=1e-10, atol=1e-10)
+
+
+def test_shared_context_is_prefilled_once_per_series(monkeypatch):
+    """The context of a series is run through the model once, not once per sample path."""
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=1), random_model(MODEL, seed=2)
+    batch = make_batch(tokenizer, [30, 22], 6, 512, torch.float32)
+    rows_seen = []
+    original = model.context
+
+    def counting_context(x, rope, attends):
+        rows_seen.append(tuple(x.shape[:2]))
+        return original(x, rope, attends)
+
+    monkeypatch.setattr(model, "context", counting_context)
+    gen.generate_tokens(model, batch, 8, SamplingParams(), torch.tensor([1, 2]))
+    assert rows_seen[0] == (2, 30)  # the prefill: 2 series, not 16 paths
+    assert all(shape == (16, 1) for shape in rows_seen[1:])  # then one token per path and step
+    assert len(rows_seen) == 6
+
+
+def test_pred_len_equal_to_the_context_decodes_generated_tokens_only():
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=1).double(), random_model(MODEL, seed=2).double()
+    batch = make_batch(tokenizer, [20, 9], 16, 16, torch.float64)
+    s1, s2 = gen.generate_tokens(model, batch, 2, SamplingParams(), torch.tensor([3, 4]))
+    torch.testing.assert_close(
+        gen.decode_tokens(tokenizer, batch, s1, s2, 2, method="cached"),
+        gen.decode_tokens(tokenizer, batch, s1, s2, 2, method="full"),
+        rtol=1e-10, atol=1e-10,
+    )
+
+
+def test_unknown_method_is_refused():
+    tokenizer, model = random_tokenizer(TOKENIZER), random_model(MODEL)
+    batch = make_batch(tokenizer, [5], 2, 16, torch.float32)
+    with pytest.raises(ValueError, match="method must be one of"):
+        gen.generate_tokens(model, batch, 1, SamplingParams(), torch.tensor([0]), method="fast")
