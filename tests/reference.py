@@ -40,7 +40,11 @@ def attention(xq, xkv, sd, name, n_heads, causal, rope_q, rope_k):
     d = xq.shape[-1]
     hd = d // n_heads
     outs = []
-    q_all, k_all, v_all = linear(xq, sd, f"{name}.q_proj"), linear(xkv, sd, f"{name}.k_proj"), linear(xkv, sd, f"{name}.v_proj")
+    q_all, k_all, v_all = (
+        linear(xq, sd, f"{name}.q_proj"),
+        linear(xkv, sd, f"{name}.k_proj"),
+        linear(xkv, sd, f"{name}.v_proj"),
+    )
     for h in range(n_heads):
         q, k, v = (t[:, h * hd : (h + 1) * hd] for t in (q_all, k_all, v_all))
         if rope_q is not None:
@@ -89,7 +93,9 @@ def tokenizer_decode(sd, cfg, s1, s2):
 def model_contexts(sd, cfg, s1, s2, stamps):
     """Contexts [L, D] of a window of tokens with time features [L, 5] (minute, hour, weekday, day, month)."""
     d = cfg["d_model"]
-    emb = torch.cat([sd["embedding.emb_s1.weight"][s1] * math.sqrt(d), sd["embedding.emb_s2.weight"][s2] * math.sqrt(d)], -1)
+    emb = torch.cat(
+        [sd["embedding.emb_s1.weight"][s1] * math.sqrt(d), sd["embedding.emb_s2.weight"][s2] * math.sqrt(d)], -1
+    )
     x = linear(emb, sd, "embedding.fusion_proj")
     stamps = stamps.long()
     names = ["minute", "hour", "weekday", "day", "month"]
@@ -119,8 +125,9 @@ def normalise(values, clip=5.0):
     return np.clip((x - mean) / (std + 1e-5), -clip, clip), mean, std
 
 
-def forecast_paths(model, tokenizer, bars, stamps, future_stamps, pred_len, max_context, samples, params: SamplingParams,
-                   seed):
+def forecast_paths(
+    model, tokenizer, bars, stamps, future_stamps, pred_len, max_context, samples, params: SamplingParams, seed
+):
     """Normalised sample paths [S, pred_len, 6] for one series, recomputing the whole window at every step."""
     msd, tsd = model.state_dict(), tokenizer.state_dict()
     mcfg, tcfg = model.config.to_dict(), tokenizer.config.to_dict()
@@ -136,7 +143,9 @@ def forecast_paths(model, tokenizer, bars, stamps, future_stamps, pred_len, max_
         for i in range(pred_len):
             end = len(s1_seq)
             start = max(0, end - max_context)
-            ctx = model_contexts(msd, mcfg, torch.stack(s1_seq[start:end]), torch.stack(s2_seq[start:end]), all_stamps[start:end])
+            ctx = model_contexts(
+                msd, mcfg, torch.stack(s1_seq[start:end]), torch.stack(s2_seq[start:end]), all_stamps[start:end]
+            )
             u1, u2 = uniforms(keys[r : r + 1], i + 1, ctx.dtype)[:, i].unbind(-1)
             s1 = sample_from_logits(s1_logits(msd, ctx)[None], params, u1)[0]
             s2 = sample_from_logits(s2_logits(msd, ctx, s1)[None], params, u2)[0]

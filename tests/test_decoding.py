@@ -65,8 +65,9 @@ def test_cached_logits_match_full_recompute_in_float32(case):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("params", [SamplingParams(top_k=1, top_p=1.0), SamplingParams(T=1.0, top_p=0.9)],
-                         ids=["greedy", "nucleus"])
+@pytest.mark.parametrize(
+    "params", [SamplingParams(top_k=1, top_p=1.0), SamplingParams(T=1.0, top_p=0.9)], ids=["greedy", "nucleus"]
+)
 def test_cached_tokens_and_bars_match_full_recompute_in_float64(case, params):
     lengths, pred_len, max_context = CASES[case]
     tokenizer, model = random_tokenizer(TOKENIZER, seed=3).double(), random_model(MODEL, seed=4).double()
@@ -125,7 +126,8 @@ def test_pred_len_equal_to_the_context_decodes_generated_tokens_only():
     torch.testing.assert_close(
         gen.decode_tokens(tokenizer, batch, s1, s2, 2, method="cached"),
         gen.decode_tokens(tokenizer, batch, s1, s2, 2, method="full"),
-        rtol=1e-10, atol=1e-10,
+        rtol=1e-10,
+        atol=1e-10,
     )
 
 

@@ -13,12 +13,35 @@ from kronos_tasks.model import CheckpointError, ConfigError, Kronos, KronosToken
 from kronos_tasks.model.presets import MODEL_PRESETS, TOKENIZER_PRESETS, parameter_count, random_model, random_tokenizer
 
 PUBLISHED_MODEL_KEYS = {
-    "attn_dropout_p", "d_model", "ff_dim", "ffn_dropout_p", "learn_te", "n_heads", "n_layers", "resid_dropout_p",
-    "s1_bits", "s2_bits", "token_dropout_p",
+    "attn_dropout_p",
+    "d_model",
+    "ff_dim",
+    "ffn_dropout_p",
+    "learn_te",
+    "n_heads",
+    "n_layers",
+    "resid_dropout_p",
+    "s1_bits",
+    "s2_bits",
+    "token_dropout_p",
 }
 PUBLISHED_TOKENIZER_KEYS = {
-    "attn_dropout_p", "beta", "d_in", "d_model", "ff_dim", "ffn_dropout_p", "gamma", "gamma0", "group_size",
-    "n_dec_layers", "n_enc_layers", "n_heads", "resid_dropout_p", "s1_bits", "s2_bits", "zeta",
+    "attn_dropout_p",
+    "beta",
+    "d_in",
+    "d_model",
+    "ff_dim",
+    "ffn_dropout_p",
+    "gamma",
+    "gamma0",
+    "group_size",
+    "n_dec_layers",
+    "n_enc_layers",
+    "n_heads",
+    "resid_dropout_p",
+    "s1_bits",
+    "s2_bits",
+    "zeta",
 }
 
 
@@ -47,13 +70,25 @@ def test_published_shapes_have_the_published_parameter_counts():
 def test_state_dict_names_follow_upstream():
     keys = set(random_model("tiny").state_dict())
     for key in (
-        "embedding.emb_s1.weight", "embedding.fusion_proj.bias", "time_emb.minute_embed.weight",
-        "transformer.1.self_attn.q_proj.weight", "transformer.0.ffn.w3.weight", "transformer.0.norm2.weight",
-        "norm.weight", "dep_layer.cross_attn.out_proj.bias", "dep_layer.norm.weight", "head.proj_s2.weight",
+        "embedding.emb_s1.weight",
+        "embedding.fusion_proj.bias",
+        "time_emb.minute_embed.weight",
+        "transformer.1.self_attn.q_proj.weight",
+        "transformer.0.ffn.w3.weight",
+        "transformer.0.norm2.weight",
+        "norm.weight",
+        "dep_layer.cross_attn.out_proj.bias",
+        "dep_layer.norm.weight",
+        "head.proj_s2.weight",
     ):
         assert key in keys
     tokenizer_keys = set(random_tokenizer("tiny").state_dict())
-    assert {"embed.weight", "quant_embed.bias", "post_quant_embed_pre.weight", "decoder.1.ffn.w2.weight"} <= tokenizer_keys
+    assert {
+        "embed.weight",
+        "quant_embed.bias",
+        "post_quant_embed_pre.weight",
+        "decoder.1.ffn.w2.weight",
+    } <= tokenizer_keys
 
 
 def test_kronos_small_shape_round_trip_gives_identical_logits(tmp_path):
@@ -175,7 +210,9 @@ def test_decode_s1_and_s2_match_reference(tiny_pair64):
     torch.testing.assert_close(context[0], ref_context)
     torch.testing.assert_close(logits[0, -1], reference.s1_logits(sd, ref_context))
     next_s1 = torch.tensor([[17]])
-    torch.testing.assert_close(model.decode_s2(context, next_s1)[0, -1], reference.s2_logits(sd, ref_context, next_s1[0, 0]))
+    torch.testing.assert_close(
+        model.decode_s2(context, next_s1)[0, -1], reference.s2_logits(sd, ref_context, next_s1[0, 0])
+    )
 
 
 def test_padding_mask_gives_each_row_its_unpadded_result(tiny_pair64):

@@ -18,11 +18,17 @@ from kronos_tasks.inference.sampling import SamplingParams
 def window(df: pd.DataFrame, start: int, lookback: int, pred_len: int):
     x = df.iloc[start : start + lookback]
     y = df.iloc[start + lookback : start + lookback + pred_len]
-    return x[FEATURES].reset_index(drop=True), x["timestamps"].reset_index(drop=True), y["timestamps"].reset_index(drop=True)
+    return (
+        x[FEATURES].reset_index(drop=True),
+        x["timestamps"].reset_index(drop=True),
+        y["timestamps"].reset_index(drop=True),
+    )
 
 
 def test_drop_in_names_import_from_the_package():
-    from kronos_tasks import Kronos as K, KronosPredictor as P, KronosTokenizer as T
+    from kronos_tasks import Kronos as K
+    from kronos_tasks import KronosPredictor as P
+    from kronos_tasks import KronosTokenizer as T
 
     assert (K, T, P) == (Kronos, KronosTokenizer, KronosPredictor)
 
@@ -38,7 +44,16 @@ def test_predict_matches_the_plain_reference(tiny_pair64, a_share, method, lookb
 
     normalised, mean, std = reference.normalise(x.to_numpy())
     paths = reference.forecast_paths(
-        model, tokenizer, normalised, time_features(x_ts), time_features(y_ts), pred_len, max_context, 3, params, seed=99
+        model,
+        tokenizer,
+        normalised,
+        time_features(x_ts),
+        time_features(y_ts),
+        pred_len,
+        max_context,
+        3,
+        params,
+        seed=99,
     )
     expected = paths * (std + 1e-5) + mean
     np.testing.assert_allclose(forecast.samples, expected, rtol=1e-9, atol=1e-9)
@@ -87,7 +102,12 @@ def test_batch_of_mixed_lengths_equals_each_series_alone(tiny_pair64, a_share, m
     windows = [window(a_share, *spec) for spec in specs]
     seeds = [11, 22, 33, 44, 55]
     batch = predictor.predict_batch(
-        [w[0] for w in windows], [w[1] for w in windows], [w[2] for w in windows], 10, sample_count=3, seed=seeds,
+        [w[0] for w in windows],
+        [w[1] for w in windows],
+        [w[2] for w in windows],
+        10,
+        sample_count=3,
+        seed=seeds,
         return_samples=True,
     )
     for (x, x_ts, y_ts), seed, got in zip(windows, seeds, batch):
@@ -100,8 +120,15 @@ def test_int_seed_in_a_batch_gives_each_series_a_derived_seed(tiny_pair32, a_sha
     tokenizer, model = tiny_pair32
     predictor = KronosPredictor(model, tokenizer, device="cpu")
     windows = [window(a_share, s, 40, 6) for s in (0, 500)]
-    batch = predictor.predict_batch([w[0] for w in windows], [w[1] for w in windows], [w[2] for w in windows], 6,
-                                    sample_count=2, seed=7, quantiles=[0.5])
+    batch = predictor.predict_batch(
+        [w[0] for w in windows],
+        [w[1] for w in windows],
+        [w[2] for w in windows],
+        6,
+        sample_count=2,
+        seed=7,
+        quantiles=[0.5],
+    )
     assert [f.seed for f in batch] == [derive_seed(7, 0), derive_seed(7, 1)]
     again = predictor.predict(*windows[1], 6, sample_count=2, seed=batch[1].seed)
     np.testing.assert_allclose(again.to_numpy(), batch[1].mean.to_numpy(), rtol=1e-5)
@@ -151,11 +178,15 @@ def ok_inputs(a_share):
     [
         (lambda x, xt, yt: (x.drop(columns=["close"]), xt, yt, {}), r"missing price column\(s\) \['close'\]"),
         (lambda x, xt, yt: (x.assign(high=x["high"].where(x.index != 7)), xt, yt, {}), r"'high'.*row 7"),
-        (lambda x, xt, yt: (x.assign(volume=x["volume"].replace(x["volume"].iloc[3], np.inf)), xt, yt, {}),
-         r"'volume'.*infinite.*row 3"),
+        (
+            lambda x, xt, yt: (x.assign(volume=x["volume"].replace(x["volume"].iloc[3], np.inf)), xt, yt, {}),
+            r"'volume'.*infinite.*row 3",
+        ),
         (lambda x, xt, yt: (x, xt.iloc[::-1].reset_index(drop=True), yt, {}), r"x_timestamp.*increase strictly; row 1"),
-        (lambda x, xt, yt: (x, pd.concat([xt.iloc[:5], xt.iloc[4:29]]).reset_index(drop=True), yt, {}),
-         r"row 5 .* duplicates row 4"),
+        (
+            lambda x, xt, yt: (x, pd.concat([xt.iloc[:5], xt.iloc[4:29]]).reset_index(drop=True), yt, {}),
+            r"row 5 .* duplicates row 4",
+        ),
         (lambda x, xt, yt: (x, xt.iloc[:-1], yt, {}), r"x_timestamp: has 29 timestamps, expected 30"),
         (lambda x, xt, yt: (x, xt, yt.iloc[:4], {}), r"y_timestamp has 4 timestamps but pred_len is 5"),
         (lambda x, xt, yt: (x.iloc[:0], xt.iloc[:0], yt, {}), r"history is empty"),

@@ -91,7 +91,9 @@ def test_sample_frequencies_follow_the_filtered_distribution():
     rows = 40000
     logits = probs.log().expand(rows, 4)
     keys = stream_keys(torch.full((rows,), 42, dtype=torch.int64), torch.arange(rows))
-    draws = sample_from_logits(logits, SamplingParams(T=1.0, top_k=0, top_p=0.8), uniforms(keys, 1, torch.float32)[:, 0, 0])
+    draws = sample_from_logits(
+        logits, SamplingParams(T=1.0, top_k=0, top_p=0.8), uniforms(keys, 1, torch.float32)[:, 0, 0]
+    )
     freq = torch.bincount(draws, minlength=4).double() / rows
     # top_p 0.8 keeps tokens 0, 1, 2 (mass before token 2 is 0.75): renormalised 0.555, 0.278, 0.167.
     expected = torch.tensor([0.5, 0.25, 0.15, 0.0], dtype=torch.float64) / 0.9

@@ -27,8 +27,15 @@ class SharedPrefixKV:
     buffers of a cache this one replaces (same shapes), which avoids touching fresh memory again.
     """
 
-    def __init__(self, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_valid: torch.Tensor | None,
-                 samples: int, capacity: int, reuse: SharedPrefixKV | None = None):
+    def __init__(
+        self,
+        prefix_k: torch.Tensor,
+        prefix_v: torch.Tensor,
+        prefix_valid: torch.Tensor | None,
+        samples: int,
+        capacity: int,
+        reuse: SharedPrefixKV | None = None,
+    ):
         n, heads, _, head_dim = prefix_k.shape
         self.samples = samples
         self.scale = 1.0 / math.sqrt(head_dim)

@@ -72,7 +72,7 @@ class TokenizedBatch:
 def _left_pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     out = rows[0].new_zeros((len(rows), width) + tuple(rows[0].shape[1:]))
     for i, row in enumerate(rows):
-        out[i, width - row.shape[0]:] = row
+        out[i, width - row.shape[0] :] = row
     return out
 
 
@@ -85,8 +85,13 @@ def _padding(lengths: list[int], width: int, device: torch.device) -> torch.Tens
 
 
 @torch.inference_mode()
-def tokenize(tokenizer: KronosTokenizer, bars: list[torch.Tensor], stamps: list[torch.Tensor],
-             future_stamps: list[torch.Tensor], max_context: int) -> TokenizedBatch:
+def tokenize(
+    tokenizer: KronosTokenizer,
+    bars: list[torch.Tensor],
+    stamps: list[torch.Tensor],
+    future_stamps: list[torch.Tensor],
+    max_context: int,
+) -> TokenizedBatch:
     """Encode each series' whole history (normalised bars [L_n, 6], time features [L_n, 5]).
 
     The tokenizer sees the whole history, as upstream's does; the window keeps its last ``max_context`` tokens.
@@ -138,7 +143,9 @@ class _CachedSteps:
             self._prefill(self.batch.visible(step))
             self._extend(g.s1[:, :step], g.s2[:, :step], g.stamps[:, :step], start=0)
         else:
-            self._extend(g.s1[:, step - 1:step], g.s2[:, step - 1:step], g.stamps[:, step - 1:step], start=step - 1)
+            self._extend(
+                g.s1[:, step - 1 : step], g.s2[:, step - 1 : step], g.stamps[:, step - 1 : step], start=step - 1
+            )
         return self.logits
 
     def s2_logits(self, s1: torch.Tensor, step: int) -> torch.Tensor:
@@ -164,8 +171,9 @@ class _CachedSteps:
                 layer_keys.append(kv)
             last.append(context[:, -1])
         caches = [
-            SharedPrefixKV(torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs]), padded, samples,
-                           batch.pred_len, reuse)
+            SharedPrefixKV(
+                torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs]), padded, samples, batch.pred_len, reuse
+            )
             for kvs, reuse in zip(keys, self.layers + [self.s2_cache])
         ]
         self.layers, self.s2_cache = caches[:-1], caches[-1]
@@ -227,8 +235,14 @@ _STEPPERS = {"cached": _CachedSteps, "full": _FullSteps}
 
 
 @torch.inference_mode()
-def generate_tokens(model: Kronos, batch: TokenizedBatch, samples: int, params: SamplingParams,
-                    seeds: torch.Tensor, method: str = "cached") -> tuple[torch.Tensor, torch.Tensor]:
+def generate_tokens(
+    model: Kronos,
+    batch: TokenizedBatch,
+    samples: int,
+    params: SamplingParams,
+    seeds: torch.Tensor,
+    method: str = "cached",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``samples`` token paths per series -> (s1, s2), each [N*S, pred_len], series-major rows.
 
     ``seeds`` [N] int64 gives each series its random stream: a series' paths do not depend on the other
@@ -253,8 +267,14 @@ def generate_tokens(model: Kronos, batch: TokenizedBatch, samples: int, params: 
 
 
 @torch.inference_mode()
-def decode_tokens(tokenizer: KronosTokenizer, batch: TokenizedBatch, s1: torch.Tensor, s2: torch.Tensor,
-                  samples: int, method: str = "cached") -> torch.Tensor:
+def decode_tokens(
+    tokenizer: KronosTokenizer,
+    batch: TokenizedBatch,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    samples: int,
+    method: str = "cached",
+) -> torch.Tensor:
     """Generated tokens [N*S, pred_len] -> normalised bars [N*S, pred_len, 6].
 
     Each path is decoded from the last ``max_context`` tokens of its history and generated tokens. The

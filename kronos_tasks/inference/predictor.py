@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,8 +70,11 @@ class Forecast:
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
-        high is not None and value > high
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < low
+        or (high is not None and value > high)
     ):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise InputError(f"{name} must be an integer {bound}, got {value!r}.")
@@ -116,8 +119,17 @@ class KronosPredictor:
     window); ``method`` is ``"cached"`` (default) or ``"full"``, the slow full-recompute reference path.
     """
 
-    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device: str | None = None,
-                 max_context: int = 512, clip: float = 5, *, batch_size: int = 32, method: str = "cached"):
+    def __init__(
+        self,
+        model: Kronos,
+        tokenizer: KronosTokenizer,
+        device: str | None = None,
+        max_context: int = 512,
+        clip: float = 5,
+        *,
+        batch_size: int = 32,
+        method: str = "cached",
+    ):
         check_pair(tokenizer.config, model.config)
         self.max_context = _check_int("max_context", max_context, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
@@ -131,9 +143,22 @@ class KronosPredictor:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
 
-    def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0, top_k: int = 0,
-                top_p: float = 0.9, sample_count: int = 1, verbose: bool = True, *, seed: int | None = None,
-                quantiles: Sequence[float] | None = None, return_samples: bool = False):
+    def predict(
+        self,
+        df: pd.DataFrame,
+        x_timestamp,
+        y_timestamp,
+        pred_len: int,
+        T: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.9,
+        sample_count: int = 1,
+        verbose: bool = True,
+        *,
+        seed: int | None = None,
+        quantiles: Sequence[float] | None = None,
+        return_samples: bool = False,
+    ):
         """Forecast ``pred_len`` bars after ``df`` at the times ``y_timestamp``.
 
         Returns the mean over ``sample_count`` sample paths as a DataFrame (open, high, low, close, volume,
@@ -144,22 +169,48 @@ class KronosPredictor:
         if seed is not None and isinstance(seed, (list, tuple, np.ndarray)):
             raise InputError("predict takes one int seed; predict_batch takes one per series.")
         return self.predict_batch(
-            [df], [x_timestamp], [y_timestamp], pred_len, T=T, top_k=top_k, top_p=top_p, sample_count=sample_count,
-            verbose=verbose, seed=seed, quantiles=quantiles, return_samples=return_samples, _labels=["df"],
+            [df],
+            [x_timestamp],
+            [y_timestamp],
+            pred_len,
+            T=T,
+            top_k=top_k,
+            top_p=top_p,
+            sample_count=sample_count,
+            verbose=verbose,
+            seed=seed,
+            quantiles=quantiles,
+            return_samples=return_samples,
+            _labels=["df"],
         )[0]
 
-    def predict_batch(self, df_list, x_timestamp_list, y_timestamp_list, pred_len: int, T: float = 1.0,
-                      top_k: int = 0, top_p: float = 0.9, sample_count: int = 1, verbose: bool = True, *,
-                      seed: int | Sequence[int] | None = None, quantiles: Sequence[float] | None = None,
-                      return_samples: bool = False, _labels: list[str] | None = None):
+    def predict_batch(
+        self,
+        df_list,
+        x_timestamp_list,
+        y_timestamp_list,
+        pred_len: int,
+        T: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.9,
+        sample_count: int = 1,
+        verbose: bool = True,
+        *,
+        seed: int | Sequence[int] | None = None,
+        quantiles: Sequence[float] | None = None,
+        return_samples: bool = False,
+        _labels: list[str] | None = None,
+    ):
         """Forecast several series at once; they may have different history lengths.
 
         Each result equals what ``predict`` gives for that series alone with the series' seed: an int
         ``seed`` gives series i the seed ``derive_seed(seed, i)``, a list gives each series its own.
         Returns one DataFrame (or ``Forecast``, as in ``predict``) per series, in input order.
         """
-        if not isinstance(df_list, (list, tuple)) or not isinstance(x_timestamp_list, (list, tuple)) or not isinstance(
-            y_timestamp_list, (list, tuple)
+        if (
+            not isinstance(df_list, (list, tuple))
+            or not isinstance(x_timestamp_list, (list, tuple))
+            or not isinstance(y_timestamp_list, (list, tuple))
         ):
             raise InputError("df_list, x_timestamp_list and y_timestamp_list must be lists or tuples.")
         if not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)) or not df_list:
@@ -215,21 +266,24 @@ class KronosPredictor:
         values, mean, std = normalise(features.to_numpy(), self.clip)
         return _Series(values, mean, std, time_features(x_stamps), time_features(y_stamps), y_timestamp)
 
-    def _sample_paths(self, series: list[_Series], seeds: list[int], samples: int, params: SamplingParams,
-                      verbose: bool) -> list[np.ndarray]:
+    def _sample_paths(
+        self, series: list[_Series], seeds: list[int], samples: int, params: SamplingParams, verbose: bool
+    ) -> list[np.ndarray]:
         """Normalised sample paths per series, [S, pred_len, 6], decoding chunks of similar lengths together."""
         dtype, device = self.model.dtype, self.device
         order = sorted(range(len(series)), key=lambda i: -len(series[i].values))
         out: list[np.ndarray | None] = [None] * len(series)
-        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for number, chunk in enumerate(chunks, start=1):
             started = time.perf_counter()
 
-            def tensors(name: str) -> list[torch.Tensor]:
-                return [torch.from_numpy(getattr(series[i], name)).to(device, dtype) for i in chunk]
-
             batch = tokenize(
-                self.tokenizer, tensors("values"), tensors("stamps"), tensors("future_stamps"), self.max_context
+                self.tokenizer,
+                *(
+                    [torch.from_numpy(getattr(series[i], name)).to(device, dtype) for i in chunk]
+                    for name in ("values", "stamps", "future_stamps")
+                ),
+                self.max_context,
             )
             chunk_seeds = torch.tensor([seeds[i] for i in chunk], dtype=torch.int64, device=device)
             s1, s2 = generate_tokens(self.model, batch, samples, params, chunk_seeds, self.method)
@@ -243,8 +297,13 @@ class KronosPredictor:
                 bars_made = len(chunk) * samples * batch.pred_len
                 log.info(
                     "chunk %d/%d: %d series x %d samples x %d bars in %.2f s (%.0f bars/s, %s)",
-                    number, len(chunks), len(chunk), samples, batch.pred_len, seconds,
-                    bars_made / max(seconds, 1e-9), self.method,
+                    number,
+                    len(chunks),
+                    len(chunk),
+                    samples,
+                    batch.pred_len,
+                    seconds,
+                    bars_made / max(seconds, 1e-9),
+                    self.method,
                 )
         return out
-

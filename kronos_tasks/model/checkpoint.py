@@ -136,8 +136,9 @@ def save_pretrained(module: nn.Module, folder: str | Path) -> Path:
     return folder
 
 
-def check_pair(tokenizer: TokenizerConfig, model: KronosConfig, tokenizer_name: str = "tokenizer",
-               model_name: str = "model") -> None:
+def check_pair(
+    tokenizer: TokenizerConfig, model: KronosConfig, tokenizer_name: str = "tokenizer", model_name: str = "model"
+) -> None:
     """Raise if the model predicts tokens of other sizes than the tokenizer makes."""
     if (tokenizer.s1_bits, tokenizer.s2_bits) != (model.s1_bits, model.s2_bits):
         raise ConfigError(

@@ -9,8 +9,9 @@ round-trips unchanged.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # Heads of the s2 cross-attention (the dependency-aware layer). Upstream builds that layer with its
 # default of 4 heads whatever the model's n_heads, and the published weights depend on it.
@@ -83,14 +84,20 @@ class TokenizerConfig:
     group_size: int
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "tokenizer config") -> "TokenizerConfig":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "tokenizer config") -> TokenizerConfig:
         """Build and validate a config; errors name ``source`` and the offending key."""
         _check_fields(cls, values, source)
         config = cls(**dict(values))
         _check_types(config, source)
         _check_positive(
-            source, d_in=config.d_in, d_model=config.d_model, n_heads=config.n_heads, ff_dim=config.ff_dim,
-            n_enc_layers=config.n_enc_layers, n_dec_layers=config.n_dec_layers, group_size=config.group_size,
+            source,
+            d_in=config.d_in,
+            d_model=config.d_model,
+            n_heads=config.n_heads,
+            ff_dim=config.ff_dim,
+            n_enc_layers=config.n_enc_layers,
+            n_dec_layers=config.n_dec_layers,
+            group_size=config.group_size,
         )
         _check_bits(source, config.s1_bits, config.s2_bits)
         if config.d_model % config.n_heads:
@@ -120,7 +127,7 @@ class KronosConfig:
     learn_te: bool
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "model config") -> "KronosConfig":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "model config") -> KronosConfig:
         """Build and validate a config; errors name ``source`` and the offending key."""
         _check_fields(cls, values, source)
         config = cls(**dict(values))

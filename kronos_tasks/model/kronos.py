@@ -121,9 +121,7 @@ class Kronos(nn.Module):
         self.s1_bits, self.s2_bits = c.s1_bits, c.s2_bits
         self.embedding = HierarchicalEmbedding(c.s1_bits, c.s2_bits, c.d_model)
         self.time_emb = TemporalEmbedding(c.d_model, c.learn_te)
-        self.transformer = nn.ModuleList(
-            [TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_layers)]
-        )
+        self.transformer = nn.ModuleList([TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_layers)])
         self.norm = RMSNorm(c.d_model)
         self.dep_layer = DependencyAwareLayer(c.d_model)
         self.head = DualHead(c.s1_bits, c.s2_bits, c.d_model)
@@ -204,7 +202,7 @@ class Kronos(nn.Module):
         return self.s2_logits(context, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Kronos":
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> Kronos:
         """Load a Hugging Face layout folder (config.json + model.safetensors), in eval mode."""
         from .checkpoint import load_pretrained
 

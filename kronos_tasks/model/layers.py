@@ -7,7 +7,7 @@ whole window or one step against a key/value cache (see ``kronos_tasks.inference
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

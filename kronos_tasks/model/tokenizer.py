@@ -119,7 +119,7 @@ class KronosTokenizer(nn.Module):
         return self.decode_hidden(codes, rope, [causal_attend(valid)] * len(self.decoder))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "KronosTokenizer":
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> KronosTokenizer:
         """Load a Hugging Face layout folder (config.json + model.safetensors), in eval mode."""
         from .checkpoint import load_pretrained
 
