@@ -1,0 +1,164 @@
+"""Read bars from CSV or Parquet files (or folders of them) into the one schema kronos-flow stores.
+
+Accepted without hand-editing: a named time column (timestamps, timestamp, datetime, date, time, ts;
+or separate date and time columns) or an unnamed first (index) column; any capitalisation; vol / amt /
+turnover for volume and amount; a symbol column (several symbols per file) or the symbol in the file
+name, optionally followed by the interval (``GOOG_1d.csv``, ``a_share_5min.csv``); rows in descending
+time order. Missing ``amount`` is derived as upstream Kronos does (volume x mean of the four prices);
+missing ``volume`` becomes 0, and so does ``amount`` then. Naive timestamps are read in the source's
+timezone (the exchange's, or one given) and stored in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import COLUMNS, FEATURES, PRICES, DataError, Interval, infer_interval
+
+SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+TIME_NAMES = ["timestamps", "timestamp", "datetime", "date_time", "date", "time", "ts"]
+ALIASES = {
+    "open": ["open", "o", "open_price"],
+    "high": ["high", "h", "high_price"],
+    "low": ["low", "l", "low_price"],
+    "close": ["close", "c", "close_price"],
+    "volume": ["volume", "vol", "v"],
+    "amount": ["amount", "amt", "turnover"],
+}
+SYMBOL_NAMES = ["symbol", "ticker", "code", "instrument"]
+
+
+@dataclass
+class SourceSeries:
+    """One symbol's bars from one file, normalised: ``bars`` has the columns of ``schema.COLUMNS``."""
+
+    symbol: str
+    interval: Interval
+    path: Path
+    bars: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # what was derived or reordered, for the report
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def files_under(paths: list[str | Path]) -> list[Path]:
+    """Every CSV/Parquet file named or found (not recursively) in the folders named, sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
+        elif path.is_file():
+            if not path.name.lower().endswith(SUFFIXES):
+                raise DataError(f"{path}: not a CSV or Parquet file (expected one of {', '.join(SUFFIXES)}).")
+            found.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder.")
+    if not found:
+        raise DataError(f"no CSV or Parquet files in {', '.join(str(p) for p in paths)}.")
+    return found
+
+
+def symbol_and_interval_from_name(path: Path) -> tuple[str, Interval | None]:
+    """``GOOG_1d.csv`` -> ("GOOG", 1d); ``AAPL.parquet`` -> ("AAPL", None)."""
+    stem = path.name
+    for suffix in SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    head, _, tail = stem.rpartition("_")
+    if head:
+        try:
+            return head, Interval.parse(tail)
+        except DataError:
+            pass
+    return stem, None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.name.lower().endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(path)
+            if isinstance(frame.index, pd.DatetimeIndex):
+                frame = frame.reset_index()
+            return frame
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot be read as a table: {exc}") from exc
+
+
+def _time_column(frame: pd.DataFrame, path: Path) -> pd.Series:
+    keys = {_key(c): c for c in frame.columns}
+    if "date" in keys and "time" in keys:
+        return frame[keys["date"]].astype(str) + " " + frame[keys["time"]].astype(str)
+    for name in TIME_NAMES:
+        if name in keys:
+            return frame[keys[name]]
+    first = frame.columns[0] if len(frame.columns) else None
+    if first is not None and (str(first).startswith("Unnamed") or str(first).strip() == ""):
+        return frame[first]
+    raise DataError(
+        f"{path}: no time column; name one of {TIME_NAMES} (any capitalisation) or put the times in the first, "
+        f"unnamed column. Columns found: {list(frame.columns)}."
+    )
+
+
+def _to_utc(values: pd.Series, timezone: str, path: Path) -> pd.Series:
+    stamps = pd.to_datetime(values, errors="coerce", format="mixed")
+    if getattr(stamps.dt, "tz", None) is None:
+        try:
+            stamps = stamps.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+        except Exception as exc:  # an unknown zone name
+            raise DataError(f"{path}: cannot read times in timezone {timezone!r}: {exc}") from exc
+    return stamps.dt.tz_convert("UTC")
+
+
+def read_series(
+    path: Path, timezone: str = "UTC", symbol: str | None = None, interval: Interval | None = None
+) -> list[SourceSeries]:
+    """Normalised series of one file (one per symbol in it). Values are not checked here (see validation)."""
+    frame = _read_table(path)
+    if frame.empty:
+        raise DataError(f"{path}: the file holds no rows.")
+    keys = {_key(c): c for c in frame.columns}
+    out = pd.DataFrame({"ts": _to_utc(_time_column(frame, path), timezone, path)})
+    notes = []
+    for feature in FEATURES:
+        column = next((keys[a] for a in ALIASES[feature] if a in keys), None)
+        out[feature] = np.nan if column is None else pd.to_numeric(frame[column], errors="coerce")
+        if column is None and feature in PRICES:
+            raise DataError(
+                f"{path}: no {feature!r} column (accepted names: {ALIASES[feature]}). Columns found: {list(frame.columns)}."
+            )
+    if not any(a in keys for a in ALIASES["volume"]):
+        out["volume"], out["amount"] = 0.0, 0.0
+        notes.append("no volume column: volume and amount set to 0")
+    elif not any(a in keys for a in ALIASES["amount"]):
+        out["amount"] = out["volume"] * out[PRICES].mean(axis=1)
+        notes.append("no amount column: amount = volume x mean(open, high, low, close)")
+    out["row"] = np.arange(1, len(out) + 1)
+
+    symbol_column = next((keys[n] for n in SYMBOL_NAMES if n in keys), None)
+    name_symbol, name_interval = symbol_and_interval_from_name(path)
+    groups = [(symbol or name_symbol, out)]
+    if symbol_column is not None and symbol is None:
+        groups = [(str(s), part) for s, part in out.groupby(frame[symbol_column].astype(str), sort=True)]
+
+    series = []
+    for name, bars in groups:
+        bars = bars[COLUMNS].reset_index(drop=True)
+        own_notes = list(notes)
+        stamps = bars["ts"].dropna()
+        if len(stamps) > 1 and stamps.is_monotonic_decreasing and not stamps.is_monotonic_increasing:
+            bars = bars.iloc[::-1].reset_index(drop=True)
+            own_notes.append("rows were in descending time order: read in ascending order")
+        chosen = interval or name_interval or infer_interval(bars["ts"].dropna())
+        series.append(SourceSeries(str(name), chosen, path, bars, own_notes))
+    return series

@@ -1,0 +1,172 @@
+"""Checks of bars before they are stored, each rule with its own policy.
+
+A finding names the symbol, the file row, the timestamp and the rule. Policies: ``reject_bar`` drops
+the bar, ``reject_symbol`` drops the whole symbol (the other symbols go on), ``warn`` keeps the bar and
+reports it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .schema import FEATURES, PRICES, Interval
+
+POLICIES = ("reject_bar", "reject_symbol", "warn")
+
+RULES: dict[str, str] = {
+    "bad_timestamp": "timestamp missing or not a date/time",
+    "non_finite": "a value is missing, not a number or infinite",
+    "non_positive_price": "a price is zero or negative",
+    "high_below_open_close": "high < max(open, close)",
+    "low_above_open_close": "low > min(open, close)",
+    "negative_volume": "volume or amount is negative",
+    "duplicate_timestamp": "same timestamp as an earlier bar",
+    "decreasing_timestamp": "timestamp earlier than the bar before it",
+    "off_grid": "timestamp off the interval grid",
+}
+
+DEFAULT_POLICIES: dict[str, str] = {
+    "bad_timestamp": "reject_bar",
+    "non_finite": "reject_bar",
+    "non_positive_price": "reject_bar",
+    "high_below_open_close": "reject_bar",
+    "low_above_open_close": "reject_bar",
+    "negative_volume": "reject_bar",
+    "duplicate_timestamp": "reject_bar",
+    "decreasing_timestamp": "reject_symbol",
+    "off_grid": "warn",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    symbol: str
+    row: int  # 1-based data row in the source file
+    ts: pd.Timestamp | None
+    rule: str
+    action: str
+
+    def __str__(self) -> str:
+        when = "" if self.ts is None or pd.isna(self.ts) else f" ({self.ts})"
+        return f"{self.symbol} row {self.row}{when}: {RULES[self.rule]} [{self.rule}] -> {self.action}"
+
+
+@dataclass
+class Report:
+    """What validation found, per rule and symbol, and which symbols it rejected and why."""
+
+    findings: list[Finding] = field(default_factory=list)
+    rejected_symbols: dict[str, str] = field(default_factory=dict)
+    bars_in: Counter = field(default_factory=Counter)
+    bars_kept: Counter = field(default_factory=Counter)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def counts(self) -> Counter:
+        return Counter(f.rule for f in self.findings)
+
+    def merge(self, other: Report) -> None:
+        self.findings += other.findings
+        self.rejected_symbols.update(other.rejected_symbols)
+        self.bars_in.update(other.bars_in)
+        self.bars_kept.update(other.bars_kept)
+        for symbol, notes in other.notes.items():
+            self.notes.setdefault(symbol, []).extend(notes)
+
+    def render(self, max_findings: int = 20) -> str:
+        lines = [
+            f"{len(self.bars_in)} symbol(s), {sum(self.bars_in.values())} bars read, "
+            f"{sum(self.bars_kept.values())} kept, {len(self.rejected_symbols)} symbol(s) rejected"
+        ]
+        counts = self.counts()
+        for rule in RULES:
+            if counts[rule]:
+                lines.append(f"  {rule}: {counts[rule]} ({RULES[rule]})")
+        for symbol, reason in sorted(self.rejected_symbols.items()):
+            lines.append(f"  rejected {symbol}: {reason}")
+        for symbol, notes in sorted(self.notes.items()):
+            lines += [f"  note {symbol}: {note}" for note in notes]
+        for finding in self.findings[:max_findings]:
+            lines.append(f"  {finding}")
+        if len(self.findings) > max_findings:
+            lines.append(f"  ... {len(self.findings) - max_findings} more finding(s)")
+        return "\n".join(lines)
+
+
+def check_policies(policies: dict[str, str]) -> dict[str, str]:
+    """``DEFAULT_POLICIES`` updated with ``policies``, refusing unknown rules or policies by name."""
+    merged = dict(DEFAULT_POLICIES)
+    for rule, policy in policies.items():
+        if rule not in RULES:
+            raise ValueError(f"unknown validation rule {rule!r}; rules: {sorted(RULES)}.")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r} for rule {rule!r}; policies: {POLICIES}.")
+        merged[rule] = policy
+    return merged
+
+
+def _off_grid(ts: pd.Series, interval: Interval, timezone: str) -> np.ndarray:
+    local = ts.dt.tz_convert(timezone)
+    if interval.daily:
+        # Daily bars share one time of day (usually midnight): any other is off the grid.
+        time_of_day = local - local.dt.normalize()
+        usual = time_of_day.mode()
+        return (time_of_day != usual.iloc[0]).to_numpy() if len(usual) else np.zeros(len(ts), bool)
+    minutes = (local - local.dt.normalize()) / pd.Timedelta(minutes=1)
+    step = interval.timedelta / pd.Timedelta(minutes=1)
+    return np.mod(minutes.to_numpy(), step) != 0
+
+
+def validate(
+    symbol: str, bars: pd.DataFrame, interval: Interval, timezone: str = "UTC", policies: dict[str, str] | None = None
+) -> tuple[pd.DataFrame, Report]:
+    """Apply every rule to one symbol's bars -> (bars kept, report). Kept bars are sorted by time."""
+    policies = check_policies(policies or {})
+    report = Report()
+    report.bars_in[symbol] = len(bars)
+    flags: dict[str, np.ndarray] = {}
+    ts = bars["ts"]
+    values = bars[FEATURES].to_numpy(dtype=float)
+    flags["bad_timestamp"] = ts.isna().to_numpy()
+    flags["non_finite"] = ~np.isfinite(values).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        prices = bars[PRICES]
+        flags["non_positive_price"] = (prices <= 0).any(axis=1).to_numpy()
+        flags["high_below_open_close"] = (bars["high"] < bars[["open", "close"]].max(axis=1)).to_numpy()
+        flags["low_above_open_close"] = (bars["low"] > bars[["open", "close"]].min(axis=1)).to_numpy()
+        flags["negative_volume"] = ((bars["volume"] < 0) | (bars["amount"] < 0)).to_numpy()
+    order = ts.to_numpy()
+    good_time = ~flags["bad_timestamp"]
+    flags["duplicate_timestamp"] = (ts.duplicated(keep="first") & good_time).to_numpy()
+    # A bar is "decreasing" when it is earlier than the latest valid timestamp before it.
+    latest = pd.Series(np.where(good_time, order, pd.NaT), dtype=ts.dtype).ffill().shift(1)
+    flags["decreasing_timestamp"] = (good_time & (ts < latest)).to_numpy()
+    flags["off_grid"] = np.zeros(len(bars), bool)
+    if good_time.any():
+        flags["off_grid"][good_time] = _off_grid(ts[good_time], interval, timezone)
+
+    drop = np.zeros(len(bars), bool)
+    for rule, flagged in flags.items():
+        policy = policies[rule]
+        for index in np.flatnonzero(flagged):
+            report.findings.append(Finding(symbol, int(bars["row"].iloc[index]), ts.iloc[index], rule, policy))
+        if not flagged.any():
+            continue
+        if policy == "reject_symbol":
+            first = int(bars["row"].iloc[np.flatnonzero(flagged)[0]])
+            reason = f"{RULES[rule]} [{rule}], first at row {first}"
+            earlier = report.rejected_symbols.get(symbol)
+            report.rejected_symbols[symbol] = f"{earlier}; {reason}" if earlier else reason
+        elif policy == "reject_bar":
+            drop |= flagged
+    if symbol in report.rejected_symbols:
+        report.bars_kept[symbol] = 0
+        return bars.iloc[0:0], report
+    kept = bars[~drop].sort_values("ts", kind="stable").reset_index(drop=True)
+    if kept.empty:
+        report.rejected_symbols[symbol] = "no bar passed validation"
+    report.bars_kept[symbol] = len(kept)
+    return kept, report

@@ -1,0 +1,26 @@
+"""The forecasts database: SQLAlchemy models, Alembic migrations, idempotent writes."""
+
+from .bars import bar_count, instrument, read_bars, write_bars
+from .db import DatabaseError, current_revision, downgrade, make_engine, require_schema, upgrade, upsert
+from .runs import clear_staging, get_run, list_runs, persist_run, record_decision, stage_forecasts, update_run
+
+__all__ = [
+    "DatabaseError",
+    "bar_count",
+    "clear_staging",
+    "stage_forecasts",
+    "current_revision",
+    "downgrade",
+    "get_run",
+    "instrument",
+    "list_runs",
+    "make_engine",
+    "persist_run",
+    "read_bars",
+    "record_decision",
+    "require_schema",
+    "update_run",
+    "upgrade",
+    "upsert",
+    "write_bars",
+]

@@ -1,0 +1,97 @@
+"""Bars and instruments: upserted on ingest, read back as windows for forecasts and scores."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from kronos_tasks.data.schema import FEATURES
+
+from .db import upsert
+from .models import Bar, Instrument
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def write_bars(
+    engine: Engine,
+    symbol: str,
+    interval: str,
+    bars: pd.DataFrame,
+    exchange: str | None,
+    timezone_name: str,
+    source: str | None,
+) -> int:
+    """Upsert one symbol's bars (UTC ``ts`` + the six features) and its instrument row, in one transaction.
+
+    Re-ingesting the same bars changes nothing; a vendor's corrected bar replaces the stored one.
+    """
+    now = _now()
+    stamps = pd.DatetimeIndex(bars["ts"]).tz_convert("UTC").to_pydatetime()
+    values = bars[FEATURES].to_numpy(dtype=np.float64)
+    rows = [
+        {"symbol": symbol, "interval": interval, "ts": ts, **dict(zip(FEATURES, map(float, row))), "ingested_at": now}
+        for ts, row in zip(stamps, values)
+    ]
+    with engine.begin() as connection:
+        upsert(
+            connection,
+            Instrument.__table__,
+            [
+                {
+                    "symbol": symbol,
+                    "interval": interval,
+                    "exchange": exchange,
+                    "timezone": timezone_name,
+                    "source": source,
+                    "updated_at": now,
+                }
+            ],
+            ["symbol", "interval"],
+        )
+        return upsert(connection, Bar.__table__, rows, ["symbol", "interval", "ts"])
+
+
+def read_bars(
+    engine: Engine,
+    symbol: str,
+    interval: str,
+    end: datetime | None = None,
+    start: datetime | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """Bars of one symbol in time order (``ts`` UTC + features), up to ``end`` inclusive; with ``limit``, the last ones."""
+    query = select(Bar.ts, *(getattr(Bar, f) for f in FEATURES)).where(Bar.symbol == symbol, Bar.interval == interval)
+    if end is not None:
+        query = query.where(Bar.ts <= end)
+    if start is not None:
+        query = query.where(Bar.ts >= start)
+    query = query.order_by(Bar.ts.desc() if limit else Bar.ts)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    frame = pd.DataFrame(rows, columns=["ts", *FEATURES])
+    if limit:
+        frame = frame.iloc[::-1].reset_index(drop=True)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def instrument(engine: Engine, symbol: str, interval: str) -> Instrument | None:
+    with Session(engine) as session:
+        return session.get(Instrument, (symbol, interval))
+
+
+def bar_count(engine: Engine, symbol: str | None = None) -> int:
+    query = select(func.count()).select_from(Bar)
+    if symbol is not None:
+        query = query.where(Bar.symbol == symbol)
+    with engine.connect() as connection:
+        return connection.execute(query).scalar_one()

@@ -1,0 +1,216 @@
+"""Tables of the forecasts database (SQLAlchemy 2). The schema itself is created by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator):
+    """Timestamps stored in UTC and read back as timezone-aware UTC on every database (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive timestamp {value!r}: kronos-flow stores timezone-aware UTC timestamps only.")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Instrument(Base):
+    """A symbol at one interval: where its bars came from and which calendar it trades on."""
+
+    __tablename__ = "instruments"
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16), primary_key=True)
+    exchange: Mapped[str | None] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Bar(Base):
+    """One OHLCVA bar; unique per symbol, interval and (UTC) timestamp, so re-ingesting updates in place."""
+
+    __tablename__ = "bars"
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Float)
+    ingested_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ForecastRun(Base):
+    """One forecast run (one daily DAG run, one backtest origin batch, one CLI call): everything to audit it."""
+
+    __tablename__ = "forecast_runs"
+    run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # daily, backtest, cli, smoke
+    dag_id: Mapped[str | None] = mapped_column(String(250))
+    logical_date: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running, success, partial, failed
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    lookback: Mapped[int] = mapped_column(Integer)
+    pred_len: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    top_k: Mapped[int] = mapped_column(Integer)
+    top_p: Mapped[float] = mapped_column(Float)
+    sample_count: Mapped[int] = mapped_column(Integer)
+    quantiles: Mapped[list] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    max_context: Mapped[int] = mapped_column(Integer)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(250))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    tokenizer_name: Mapped[str] = mapped_column(String(250))
+    tokenizer_version: Mapped[str] = mapped_column(String(64))
+    tokenizer_sha256: Mapped[str] = mapped_column(String(64))
+    model_alias: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    data_window_hash: Mapped[str | None] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(64))
+    symbols_ok: Mapped[int] = mapped_column(Integer, default=0)
+    symbols_failed: Mapped[int] = mapped_column(Integer, default=0)
+    bars_per_second: Mapped[float | None] = mapped_column(Float)
+    timings: Mapped[dict] = mapped_column(JSON)  # seconds per stage
+    extra: Mapped[dict] = mapped_column(JSON)  # anything else worth keeping (watchlist, params as given)
+
+
+class Forecast(Base):
+    """The forecast of one feature of one symbol at one future bar: mean, quantiles, share of paths above last."""
+
+    __tablename__ = "forecasts"
+    run_id: Mapped[str] = mapped_column(
+        String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    feature: Mapped[str] = mapped_column(String(16), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1 = the first future bar
+    interval: Mapped[str] = mapped_column(String(16))
+    origin_ts: Mapped[datetime] = mapped_column(UtcDateTime())  # the last bar the forecast saw
+    target_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_value: Mapped[float] = mapped_column(Float)  # the feature's value at origin_ts
+    mean: Mapped[float] = mapped_column(Float)
+    quantiles: Mapped[dict] = mapped_column(JSON)  # {"0.1": value, ...}
+    prob_above_last: Mapped[float] = mapped_column(Float)  # share of sample paths above last_value
+    series_seed: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_forecasts_symbol_target", "symbol", "target_ts"),)
+
+
+class StagedForecast(Base):
+    """Forecast rows written by one forecast batch task before the run is persisted.
+
+    A retried batch replaces its own rows; persisting the run moves every batch's rows into ``forecasts``
+    in one transaction. Staging lives in the database so that workers on any host can write it.
+    """
+
+    __tablename__ = "staged_forecasts"
+    run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    batch: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    feature: Mapped[str] = mapped_column(String(16), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16))
+    origin_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    target_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_value: Mapped[float] = mapped_column(Float)
+    mean: Mapped[float] = mapped_column(Float)
+    quantiles: Mapped[dict] = mapped_column(JSON)
+    prob_above_last: Mapped[float] = mapped_column(Float)
+    series_seed: Mapped[int] = mapped_column(BigInteger)
+    staged_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class SymbolFailure(Base):
+    """A symbol a run could not forecast, and why."""
+
+    __tablename__ = "symbol_failures"
+    run_id: Mapped[str] = mapped_column(
+        String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(32))  # ingest, window, forecast
+    reason: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ForecastScore(Base):
+    """A score of past forecasts against the bars that arrived, for the model or a baseline."""
+
+    __tablename__ = "forecast_scores"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"))
+    symbol: Mapped[str] = mapped_column(String(64))  # "*" for a score over all symbols
+    feature: Mapped[str] = mapped_column(String(16))
+    horizon: Mapped[int] = mapped_column(Integer)  # step; 0 for a score over all steps
+    method: Mapped[str] = mapped_column(String(32))  # model, persistence, drift
+    metric: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    evaluated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (UniqueConstraint("run_id", "symbol", "feature", "horizon", "method", "metric"),)
+
+
+class ModelDecision(Base):
+    """A rollout decision: promote, refuse, roll back; with the numbers it was made on."""
+
+    __tablename__ = "model_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    action: Mapped[str] = mapped_column(String(32))  # promote, refuse, rollback, force_promote
+    model_name: Mapped[str] = mapped_column(String(250))
+    alias: Mapped[str] = mapped_column(String(64))
+    candidate_version: Mapped[str | None] = mapped_column(String(64))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(250))
+    reason: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    dag_run_id: Mapped[str | None] = mapped_column(String(250))

@@ -1,0 +1,90 @@
+"""Forecast runs with their forecasts and failures, written in one transaction and replaced on re-run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
+
+from .db import upsert
+from .models import Forecast, ForecastRun, ForecastScore, ModelDecision, StagedForecast, SymbolFailure
+
+FORECAST_COLUMNS = [c.name for c in Forecast.__table__.columns]
+
+
+def stage_forecasts(engine: Engine, run_id: str, batch: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Write one batch's forecast rows to staging, replacing what an earlier attempt of the batch staged."""
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id, StagedForecast.batch == batch))
+        if rows:
+            connection.execute(
+                StagedForecast.__table__.insert(), [{**row, "batch": batch, "staged_at": now} for row in rows]
+            )
+
+
+def clear_staging(engine: Engine, run_id: str) -> None:
+    """Forget everything staged for ``run_id`` (at the start of a run, so a re-run starts clean)."""
+    with engine.begin() as connection:
+        connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id))
+
+
+def persist_run(
+    engine: Engine, run: dict[str, Any], forecasts: Sequence[dict[str, Any]] | None, failures: Sequence[dict[str, Any]]
+) -> int:
+    """Store a run, its forecasts and its failed symbols atomically; returns the number of forecast rows.
+
+    ``forecasts=None`` takes the rows staged for the run (and clears the staging). Re-running the same
+    ``run_id`` replaces the run's rows (and drops the scores of the rows it replaces) in the same
+    transaction: readers see the old run or the new one, never a mix or a duplicate.
+    """
+    run_id = run["run_id"]
+    with engine.begin() as connection:
+        upsert(connection, ForecastRun.__table__, [run], ["run_id"])
+        for table in (Forecast, SymbolFailure, ForecastScore):
+            connection.execute(delete(table).where(table.run_id == run_id))
+        if forecasts is None:
+            staged = select(*(getattr(StagedForecast, name) for name in FORECAST_COLUMNS)).where(
+                StagedForecast.run_id == run_id
+            )
+            connection.execute(Forecast.__table__.insert().from_select(FORECAST_COLUMNS, staged))
+            connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id))
+            written = connection.execute(
+                select(func.count()).select_from(Forecast).where(Forecast.run_id == run_id)
+            ).scalar_one()
+        else:
+            written = len(forecasts)
+            if forecasts:
+                connection.execute(Forecast.__table__.insert(), list(forecasts))
+        if failures:
+            connection.execute(SymbolFailure.__table__.insert(), list(failures))
+    return written
+
+
+def update_run(engine: Engine, run_id: str, **values: Any) -> None:
+    """Change columns of a stored run (for example its MLflow run id once it is logged)."""
+    with engine.begin() as connection:
+        connection.execute(ForecastRun.__table__.update().where(ForecastRun.run_id == run_id).values(**values))
+
+
+def get_run(engine: Engine, run_id: str) -> ForecastRun | None:
+    with Session(engine) as session:
+        return session.get(ForecastRun, run_id)
+
+
+def list_runs(engine: Engine, limit: int = 20, kind: str | None = None) -> list[ForecastRun]:
+    """The latest runs, newest first."""
+    query = select(ForecastRun).order_by(ForecastRun.started_at.desc()).limit(limit)
+    if kind:
+        query = query.where(ForecastRun.kind == kind)
+    with Session(engine) as session:
+        return list(session.scalars(query))
+
+
+def record_decision(engine: Engine, decision: dict[str, Any]) -> None:
+    decision = {"decided_at": datetime.now(timezone.utc), **decision}
+    with engine.begin() as connection:
+        connection.execute(ModelDecision.__table__.insert(), [decision])

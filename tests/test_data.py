@@ -1,0 +1,200 @@
+"""Reading vendor layouts, validation rules and policies, intervals and trading calendars."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import SAMPLE_DATA
+from kronos_tasks.data import DataError, Interval, exchange_timezone, future_timestamps, read_series, validate
+from kronos_tasks.data.validation import check_policies
+
+BARS = pd.DataFrame(
+    {
+        "timestamps": pd.date_range("2024-03-04 09:35", periods=6, freq="5min").astype(str),
+        "open": [10.0, 10.1, 10.2, 10.1, 10.0, 10.2],
+        "high": [10.2, 10.3, 10.3, 10.2, 10.2, 10.4],
+        "low": [9.9, 10.0, 10.1, 10.0, 9.9, 10.1],
+        "close": [10.1, 10.2, 10.1, 10.0, 10.2, 10.3],
+        "volume": [100.0, 120, 90, 80, 110, 130],
+        "amount": [1010.0, 1224, 909, 800, 1122, 1339],
+    }
+)
+
+
+def write(tmp_path, name, frame, **kwargs):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, **kwargs)
+    else:
+        frame.to_csv(path, index=False, **kwargs)
+    return path
+
+
+def test_both_sample_files_read_unchanged():
+    (a_share,) = read_series(SAMPLE_DATA / "a_share_5min.csv", "Asia/Shanghai")
+    assert (a_share.symbol, str(a_share.interval), len(a_share.bars)) == ("a_share", "5min", 2500)
+    assert a_share.bars["ts"].iloc[0] == pd.Timestamp("2024-06-18 03:15", tz="UTC")  # 11:15 in Shanghai
+    (goog,) = read_series(SAMPLE_DATA / "GOOG_1d.csv", "America/New_York")
+    assert (goog.symbol, str(goog.interval), len(goog.bars)) == ("GOOG", "1d", 2148)
+    first = goog.bars.iloc[0]
+    assert first["ts"] == pd.Timestamp("2004-08-19 04:00", tz="UTC")
+    assert first["amount"] == pytest.approx(22351900 * (100 + 104.06 + 95.96 + 100.34) / 4)
+    assert any("amount = volume" in note for note in goog.notes)
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [
+        {
+            "timestamps": "Date",
+            "open": "Open",
+            "high": "High",
+            "low": "Low",
+            "close": "Close",
+            "volume": "Vol",
+            "amount": "Turnover",
+        },
+        {"timestamps": "Datetime", "volume": "VOL", "amount": "AMT"},
+        {"timestamps": "time"},
+        {"timestamps": "TIMESTAMP"},
+        {"timestamps": ""},  # an unnamed index column
+    ],
+)
+def test_common_layouts_read_without_editing(tmp_path, rename):
+    path = write(tmp_path, "XYZ_5min.csv", BARS.rename(columns=rename))
+    (series,) = read_series(path)
+    assert series.symbol == "XYZ" and str(series.interval) == "5min"
+    assert series.bars["close"].tolist() == BARS["close"].tolist()
+    assert series.bars["amount"].tolist() == BARS["amount"].tolist()
+
+
+def test_separate_date_and_time_columns_and_descending_rows(tmp_path):
+    frame = BARS.assign(date=BARS["timestamps"].str[:10], time=BARS["timestamps"].str[11:]).drop(columns="timestamps")
+    path = write(tmp_path, "ABC.csv", frame.iloc[::-1])
+    (series,) = read_series(path, interval=Interval.parse("5min"))
+    assert series.bars["ts"].is_monotonic_increasing
+    assert series.bars["close"].tolist() == BARS["close"].tolist()
+    assert any("descending" in note for note in series.notes)
+
+
+def test_symbol_column_splits_one_file_and_parquet_index(tmp_path):
+    both = pd.concat([BARS.assign(Ticker="AAA"), BARS.assign(Ticker="BBB", close=BARS["close"] * 2)])
+    path = write(tmp_path, "many.csv", both)
+    series = read_series(path)
+    assert [s.symbol for s in series] == ["AAA", "BBB"]
+    assert series[1].bars["close"].tolist() == (BARS["close"] * 2).tolist()
+    indexed = BARS.assign(timestamps=pd.to_datetime(BARS["timestamps"])).set_index("timestamps")
+    (parquet,) = read_series(write(tmp_path, "PQ_5min.parquet", indexed), "America/New_York")
+    assert parquet.bars["ts"].iloc[0] == pd.Timestamp("2024-03-04 14:35", tz="UTC")
+
+
+def test_missing_volume_zeroes_volume_and_amount(tmp_path):
+    (series,) = read_series(write(tmp_path, "NV_5min.csv", BARS.drop(columns=["volume", "amount"])))
+    assert (series.bars["volume"] == 0).all() and (series.bars["amount"] == 0).all()
+
+
+def test_unreadable_layouts_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(DataError, match=r"NOCLOSE_5min.csv: no 'close' column"):
+        read_series(write(tmp_path, "NOCLOSE_5min.csv", BARS.drop(columns="close")))
+    with pytest.raises(DataError, match=r"no time column"):
+        read_series(write(tmp_path, "NOTIME.csv", BARS.rename(columns={"timestamps": "when"})))
+    (tmp_path / "EMPTY.csv").write_text("timestamps,open,high,low,close\n")
+    with pytest.raises(DataError, match="holds no rows"):
+        read_series(tmp_path / "EMPTY.csv")
+
+
+def planted(tmp_path):
+    """A file with one bad row per rule, rows counted from 1 after the header."""
+    rows = BARS.copy()
+    rows = pd.concat([rows, BARS.iloc[:1]], ignore_index=True)  # row 7: duplicate of row 1's time
+    rows.loc[1, "close"] = float("nan")  # row 2: non_finite
+    rows.loc[2, "low"] = -1.0  # row 3: non_positive_price
+    rows.loc[3, "high"] = 9.0  # row 4: high below open/close (and high < low)
+    rows.loc[4, "volume"] = -5.0  # row 5: negative volume
+    return write(tmp_path, "BAD_5min.csv", rows)
+
+
+def test_validation_names_symbol_row_and_rule(tmp_path):
+    (series,) = read_series(planted(tmp_path))
+    kept, report = validate(series.symbol, series.bars, series.interval)
+    found = {(f.row, f.rule) for f in report.findings}
+    assert {
+        (2, "non_finite"),
+        (3, "non_positive_price"),
+        (4, "high_below_open_close"),
+        (5, "negative_volume"),
+        (7, "duplicate_timestamp"),
+        (7, "decreasing_timestamp"),
+    } <= found
+    counts = report.counts()
+    assert counts["non_finite"] == 1 and counts["duplicate_timestamp"] == 1
+    # decreasing_timestamp rejects the symbol by default
+    assert "BAD" in report.rejected_symbols and "row 7" in report.rejected_symbols["BAD"] and kept.empty
+    text = report.render()
+    assert "BAD row 2" in text and "non_finite: 1" in text
+
+
+def test_policies_choose_between_dropping_bars_symbols_and_warning(tmp_path):
+    (series,) = read_series(planted(tmp_path))
+    kept, report = validate(series.symbol, series.bars, series.interval, policies={"decreasing_timestamp": "warn"})
+    assert report.rejected_symbols == {}
+    assert sorted(kept["row"]) == [1, 6]  # rows 2-5 dropped, row 7 dropped as a duplicate
+    kept, report = validate(
+        series.symbol,
+        series.bars,
+        series.interval,
+        policies={"decreasing_timestamp": "warn", "duplicate_timestamp": "warn", "negative_volume": "warn"},
+    )
+    assert sorted(kept["row"]) == [1, 5, 6, 7]
+    _, report = validate(series.symbol, series.bars, series.interval, policies={"non_finite": "reject_symbol"})
+    assert "missing, not a number" in report.rejected_symbols["BAD"]
+    with pytest.raises(ValueError, match="unknown validation rule 'nope'"):
+        check_policies({"nope": "warn"})
+    with pytest.raises(ValueError, match="unknown policy 'drop'"):
+        check_policies({"non_finite": "drop"})
+
+
+def test_off_grid_bars_are_flagged(tmp_path):
+    frame = BARS.copy()
+    frame.loc[2, "timestamps"] = "2024-03-04 09:46:00"
+    (series,) = read_series(write(tmp_path, "GRID_5min.csv", frame))
+    kept, report = validate(series.symbol, series.bars, series.interval)
+    assert [(f.row, f.rule, f.action) for f in report.findings] == [(3, "off_grid", "warn")]
+    assert len(kept) == 6
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("5min", "5min"), ("15m", "15min"), ("60min", "1h"), ("1H", "1h"), ("1d", "1d"), ("1 day", "1d")]
+)
+def test_intervals_parse_to_one_spelling(text, expected):
+    assert str(Interval.parse(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["5x", "0min", "2d", "1440min", "daily"])
+def test_bad_intervals_are_refused(text):
+    with pytest.raises(DataError, match="interval"):
+        Interval.parse(text)
+
+
+def test_future_timestamps_follow_the_exchange_calendars():
+    (a_share,) = read_series(SAMPLE_DATA / "a_share_5min.csv", "Asia/Shanghai")
+    history = a_share.bars["ts"]
+    future = future_timestamps(history.iloc[999], 200, Interval.parse("5min"), "XSHG", history.iloc[:1000])
+    assert future.equals(pd.DatetimeIndex(history.iloc[1000:1200]))  # lunch breaks and weekends included
+    (goog,) = read_series(SAMPLE_DATA / "GOOG_1d.csv", "America/New_York")
+    days = goog.bars["ts"]
+    future = future_timestamps(days.iloc[999], 300, Interval.parse("1d"), "XNYS", days.iloc[:1000])
+    assert future.equals(pd.DatetimeIndex(days.iloc[1000:1300]))  # holidays included
+    # Start-labelled bars (09:30 ... 15:55) continue with the next session's 09:30.
+    nyse = pd.Series(pd.date_range("2024-07-03 09:30", "2024-07-03 12:55", freq="5min", tz="America/New_York"))
+    after = future_timestamps(nyse.iloc[-1], 2, Interval.parse("5min"), "XNYS", nyse.dt.tz_convert("UTC"))
+    assert list(after.tz_convert("America/New_York").strftime("%m-%d %H:%M")) == ["07-05 09:30", "07-05 09:35"]
+    crypto = future_timestamps(pd.Timestamp("2024-01-06 23:00", tz="UTC"), 2, Interval.parse("1h"), "24/7")
+    assert list(crypto) == [pd.Timestamp("2024-01-07 00:00", tz="UTC"), pd.Timestamp("2024-01-07 01:00", tz="UTC")]
+
+
+def test_unknown_exchange_says_what_to_use():
+    with pytest.raises(DataError, match="unknown exchange 'MOON'.*XNYS"):
+        exchange_timezone("MOON")
+    assert exchange_timezone("xshg") == "Asia/Shanghai"

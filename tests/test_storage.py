@@ -1,0 +1,223 @@
+"""The forecasts database on SQLite and PostgreSQL: migrations, idempotent ingestion, atomic run writes."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from conftest import SAMPLE_DATA
+from kronos_tasks.pipeline.ingest import ingest_paths
+from kronos_tasks.storage import (
+    bar_count,
+    current_revision,
+    downgrade,
+    get_run,
+    instrument,
+    make_engine,
+    persist_run,
+    read_bars,
+    upgrade,
+)
+from kronos_tasks.storage.db import table_names
+from kronos_tasks.storage.models import Base, Forecast, SymbolFailure
+
+UTC = timezone.utc
+
+
+def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine)
+    assert current_revision(engine) == "0001"
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": "kronos_alembic_version"}
+        )
+        assert compare_metadata(context, Base.metadata) == []
+    downgrade(engine, "base")
+    assert current_revision(engine) is None
+    assert not {"bars", "forecasts", "forecast_runs"} & table_names(engine)
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    assert {"bars", "forecasts", "forecast_runs", "symbol_failures", "forecast_scores"} <= table_names(engine)
+    engine.dispose()
+
+
+def test_sample_files_ingest_unchanged_and_twice_leaves_the_same_rows(engine):
+    first = ingest_paths(engine, [SAMPLE_DATA / "a_share_5min.csv"], exchange="XSHG")
+    ingest_paths(engine, [SAMPLE_DATA / "GOOG_1d.csv"], exchange="XNYS")
+    assert first.written == {"a_share": 2500} and not first.failed
+    assert bar_count(engine) == 4648
+    again = ingest_paths(engine, [SAMPLE_DATA / "a_share_5min.csv"], exchange="XSHG")
+    assert again.written == {"a_share": 2500}
+    assert bar_count(engine) == 4648
+    bars = read_bars(engine, "a_share", "5min", limit=2)
+    assert bars["ts"].tolist() == [
+        pd.Timestamp("2024-08-29 03:25", tz="UTC"),
+        pd.Timestamp("2024-08-29 03:30", tz="UTC"),
+    ]
+    meta = instrument(engine, "GOOG", "1d")
+    assert (meta.exchange, meta.timezone) == ("XNYS", "America/New_York")
+
+
+def test_a_vendor_correction_replaces_the_stored_bar(engine, tmp_path):
+    frame = pd.read_csv(SAMPLE_DATA / "GOOG_1d.csv", index_col=0).iloc[:10]
+    frame.index.name = "Date"
+    frame.to_csv(tmp_path / "GOOG_1d.csv")
+    ingest_paths(engine, [tmp_path / "GOOG_1d.csv"], exchange="XNYS")
+    frame.loc[frame.index[3], "Close"] = 108.25  # within the bar's high and low
+    frame.to_csv(tmp_path / "GOOG_1d.csv")
+    ingest_paths(engine, [tmp_path / "GOOG_1d.csv"], exchange="XNYS")
+    bars = read_bars(engine, "GOOG", "1d")
+    assert len(bars) == 10 and bars["close"].iloc[3] == 108.25
+
+
+def test_bad_rows_and_bad_symbols_fail_alone(engine, tmp_path):
+    shutil.copy(SAMPLE_DATA / "a_share_5min.csv", tmp_path / "GOOD_5min.csv")
+    clean = pd.read_csv(SAMPLE_DATA / "a_share_5min.csv").iloc[:100]
+    rows = clean.copy()
+    rows.loc[10, "close"] = -1.0  # row 11
+    rows.loc[20, "volume"] = float("nan")  # row 21
+    rows.to_csv(tmp_path / "MIXED_5min.csv", index=False)
+    pd.concat([clean.iloc[:50], clean.iloc[40:45], clean.iloc[50:]]).to_csv(tmp_path / "UNSORTED_5min.csv", index=False)
+    (tmp_path / "BROKEN.csv").write_text("this,is\nnot,bars\n")
+    result = ingest_paths(engine, [tmp_path], exchange="XSHG")
+    assert result.written["GOOD"] == 2500 and result.written["MIXED"] == 98
+    assert "UNSORTED" in result.failed and "decreasing_timestamp" in result.failed["UNSORTED"]
+    assert "BROKEN.csv" in result.failed and "no time column" in result.failed["BROKEN.csv"]
+    counts = result.report.counts()
+    assert counts["non_positive_price"] == 1 and counts["non_finite"] == 1
+    assert bar_count(engine) == 2598
+    report = result.render()
+    assert "MIXED row 11" in report and "MIXED row 21" in report and "FAILED UNSORTED" in report
+
+
+def run_row(run_id: str, **changes) -> dict:
+    row = {
+        "run_id": run_id,
+        "kind": "daily",
+        "dag_id": "kronos_daily_forecast",
+        "logical_date": datetime(2024, 8, 29, tzinfo=UTC),
+        "status": "success",
+        "started_at": datetime(2024, 8, 29, 21, tzinfo=UTC),
+        "finished_at": datetime(2024, 8, 29, 21, 5, tzinfo=UTC),
+        "lookback": 384,
+        "pred_len": 2,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 0.9,
+        "sample_count": 8,
+        "quantiles": [0.1, 0.5, 0.9],
+        "seed": 2**62 + 1,
+        "max_context": 512,
+        "batch_size": 32,
+        "device": "cpu",
+        "model_name": "kronos-model",
+        "model_version": "1",
+        "model_sha256": "a" * 64,
+        "tokenizer_name": "kronos-tokenizer",
+        "tokenizer_version": "1",
+        "tokenizer_sha256": "b" * 64,
+        "model_alias": "champion",
+        "mlflow_run_id": None,
+        "data_window_hash": "c" * 64,
+        "code_version": "0.1.0",
+        "symbols_ok": 1,
+        "symbols_failed": 1,
+        "bars_per_second": 10.0,
+        "timings": {"forecast": 1.5},
+        "extra": {},
+    }
+    row.update(changes)
+    return row
+
+
+def forecast_rows(run_id: str, mean: float) -> list[dict]:
+    return [
+        {
+            "run_id": run_id,
+            "symbol": "AAA",
+            "feature": feature,
+            "step": step,
+            "interval": "1d",
+            "origin_ts": datetime(2024, 8, 29, 4, tzinfo=UTC),
+            "target_ts": datetime(2024, 8, 29 + step, 4, tzinfo=UTC),
+            "last_value": 10.0,
+            "mean": mean,
+            "quantiles": {"0.1": mean - 1, "0.5": mean, "0.9": mean + 1},
+            "prob_above_last": 0.5,
+            "series_seed": 2**62 + 7,
+        }
+        for feature in ("open", "close")
+        for step in (1, 2)
+    ]
+
+
+def count(engine, table, run_id):
+    with engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(table).where(table.run_id == run_id)).scalar_one()
+
+
+def test_rerunning_a_run_replaces_its_rows(engine):
+    failure = [
+        {
+            "run_id": "r1",
+            "symbol": "BBB",
+            "stage": "window",
+            "reason": "too few bars",
+            "recorded_at": datetime(2024, 8, 29, tzinfo=UTC),
+        }
+    ]
+    persist_run(engine, run_row("r1"), forecast_rows("r1", 11.0), failure)
+    persist_run(engine, run_row("r1", symbols_failed=0), forecast_rows("r1", 12.0), [])
+    assert count(engine, Forecast, "r1") == 4 and count(engine, SymbolFailure, "r1") == 0
+    with engine.connect() as connection:
+        means = connection.execute(
+            select(Forecast.mean, Forecast.quantiles, Forecast.target_ts).where(Forecast.run_id == "r1")
+        ).all()
+    assert {m for m, _, _ in means} == {12.0}
+    assert means[0][1] == {"0.1": 11.0, "0.5": 12.0, "0.9": 13.0}
+    assert means[0][2].tzinfo is not None and means[0][2].utcoffset().total_seconds() == 0
+    run = get_run(engine, "r1")
+    assert run.symbols_failed == 0 and run.seed == 2**62 + 1 and run.quantiles == [0.1, 0.5, 0.9]
+
+
+def test_a_failed_write_leaves_the_stored_run_intact(engine):
+    persist_run(engine, run_row("r2"), forecast_rows("r2", 11.0), [])
+    broken = forecast_rows("r2", 99.0)
+    broken[-1]["mean"] = None  # violates NOT NULL after the old rows were deleted in the same transaction
+    with pytest.raises(IntegrityError):
+        persist_run(engine, run_row("r2", status="partial"), broken, [])
+    assert count(engine, Forecast, "r2") == 4
+    assert get_run(engine, "r2").status == "success"
+    with engine.connect() as connection:
+        assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r2")).scalars()) == {11.0}
+
+
+def test_naive_timestamps_are_refused(engine):
+    with pytest.raises(Exception, match="naive timestamp"):
+        persist_run(engine, run_row("r3", started_at=datetime(2024, 8, 29)), [], [])
+
+
+def test_staged_batches_move_into_the_run_atomically(engine):
+    from kronos_tasks.storage import clear_staging, stage_forecasts
+    from kronos_tasks.storage.models import StagedForecast
+
+    rows = forecast_rows("r4", 11.0)
+    stage_forecasts(engine, "r4", "batch-0", rows[:2])
+    stage_forecasts(engine, "r4", "batch-1", [dict(r, mean=50.0) for r in rows[2:]])
+    stage_forecasts(engine, "r4", "batch-1", rows[2:])  # a retried batch replaces what it staged
+    assert count(engine, StagedForecast, "r4") == 4
+    assert persist_run(engine, run_row("r4"), None, []) == 4
+    assert count(engine, StagedForecast, "r4") == 0 and count(engine, Forecast, "r4") == 4
+    with engine.connect() as connection:
+        assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r4")).scalars()) == {11.0}
+    stage_forecasts(engine, "r4", "batch-0", rows[:1])
+    clear_staging(engine, "r4")
+    assert count(engine, StagedForecast, "r4") == 0
