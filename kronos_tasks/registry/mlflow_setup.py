@@ -1,0 +1,57 @@
+"""MLflow clients and experiments configured from the settings, with errors that say what to do."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from kronos_tasks.settings import Settings, redact
+
+
+class RegistryError(RuntimeError):
+    """The model registry cannot do what was asked; the message says why and what to do."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For an http(s) tracking URI, fail fast with a clear message when no MLflow server answers."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise RegistryError(
+        f"cannot reach the MLflow server at {redact(uri)} ({problem}): start it (mlflow server ...) or point "
+        "MLFLOW_TRACKING_URI at a running one; unset, kronos-flow uses a local SQLite store."
+    )
+
+
+def client(settings: Settings) -> MlflowClient:
+    """An MLflow client for the configured tracking and registry URIs (checked to be reachable)."""
+    check_reachable(settings.mlflow_tracking_uri)
+    if settings.mlflow_registry_uri != settings.mlflow_tracking_uri:
+        check_reachable(settings.mlflow_registry_uri)
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
+
+
+def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str) -> str:
+    """The id of experiment ``name``, created with its artifacts under ``artifact_root``/``name`` if new."""
+    try:
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow_client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}")
+    except MlflowException as exc:
+        # Two processes creating the same experiment at once: the loser finds the winner's.
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        raise RegistryError(f"cannot create MLflow experiment {name!r}: {exc.message}") from exc

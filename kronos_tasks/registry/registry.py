@@ -1,0 +1,447 @@
+"""Versioned tokenizer and model pairs in the MLflow Model Registry.
+
+A registration logs both checkpoint folders (config.json + model.safetensors, unchanged) as artifacts
+of one MLflow run and creates a version of ``kronos-tokenizer`` (reused when an identical one exists)
+and of ``kronos-model``. Versions carry the SHA-256 of their files, their architecture and, for a
+model, the tokenizer version it pairs with. An alias (``champion`` by default) points at the model
+version forecasts use; every move of an alias is recorded on the registered model (tag
+``kronos.alias_history.<alias>``, shown on its page in the MLflow UI) and as an MLflow run in the
+``kronos-registry`` experiment, so a rollback knows the previous holder.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+import kronos_tasks
+from kronos_tasks.hashing import sha256_file
+from kronos_tasks.model import Kronos, KronosConfig, KronosTokenizer, TokenizerConfig, check_pair, load_pretrained
+from kronos_tasks.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, weights_path
+from kronos_tasks.model.config import ConfigError
+from kronos_tasks.settings import Settings
+
+from .mlflow_setup import RegistryError, client, ensure_experiment
+
+REGISTRY_EXPERIMENT = "kronos-registry"
+TAG = "kronos."
+HISTORY_TAG = TAG + "alias_history."
+HISTORY_LIMIT = 4500  # characters; MLflow tag values hold 5000
+DEFAULT_MAX_CONTEXT = 512
+
+
+@dataclass(frozen=True)
+class PinnedPair:
+    """Exactly which weights a forecast uses: names, versions, run ids, checksums and local folders."""
+
+    model_name: str
+    model_version: str
+    model_sha256: str
+    model_run_id: str | None
+    model_path: str
+    tokenizer_name: str
+    tokenizer_version: str
+    tokenizer_sha256: str
+    tokenizer_run_id: str | None
+    tokenizer_path: str
+    max_context: int
+    alias: str | None = None
+    trained: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PinnedPair:
+        return cls(**values)
+
+    def load(self, device: str = "cpu") -> tuple[KronosTokenizer, Kronos]:
+        """The tokenizer and model, from the verified local folders (safetensors only)."""
+        return KronosTokenizer.from_pretrained(self.tokenizer_path, device), Kronos.from_pretrained(
+            self.model_path, device
+        )
+
+
+@dataclass(frozen=True)
+class Move:
+    """One move of an alias: who moved it, when, from which version to which, and why."""
+
+    at: str
+    by: str
+    action: str
+    from_version: str | None
+    to_version: str
+    reason: str
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry in some containers
+        return os.environ.get("USER", "unknown")
+
+
+def _describe(kind: str, folder: Path) -> tuple[dict, dict[str, str]]:
+    """Validate a checkpoint folder -> (its config, its registry tags). Loads it once to check every tensor."""
+    values = read_config(folder)
+    source = str(folder / CONFIG_FILE)
+    try:
+        config = (TokenizerConfig if kind == "tokenizer" else KronosConfig).from_dict(values, source=source)
+    except ConfigError as exc:
+        raise RegistryError(f"{kind} folder {folder}: {exc}") from None
+    try:
+        module = load_pretrained(KronosTokenizer if kind == "tokenizer" else Kronos, folder)
+    except CheckpointError as exc:
+        raise RegistryError(f"{kind} folder {folder}: {exc}") from None
+    tags = {
+        "kind": kind,
+        "sha256": sha256_file(weights_path(folder)),
+        "config_sha256": sha256_file(folder / CONFIG_FILE),
+        "parameters": str(sum(p.numel() for p in module.parameters())),
+        "s1_bits": str(config.s1_bits),
+        "s2_bits": str(config.s2_bits),
+        "d_model": str(config.d_model),
+        "n_heads": str(config.n_heads),
+        "ff_dim": str(config.ff_dim),
+        "source_folder": str(folder.resolve()),
+        "kronos_flow_version": kronos_tasks.__version__,
+    }
+    if kind == "model":
+        tags["n_layers"] = str(config.n_layers)
+    else:
+        tags["n_enc_layers"], tags["n_dec_layers"] = str(config.n_enc_layers), str(config.n_dec_layers)
+    return values, tags
+
+
+def _prefixed(tags: dict[str, str]) -> dict[str, str]:
+    return {TAG + key: value for key, value in tags.items()}
+
+
+def _tags(version: ModelVersion) -> dict[str, str]:
+    return {k[len(TAG) :]: v for k, v in (version.tags or {}).items() if k.startswith(TAG)}
+
+
+def _ensure_registered_model(mlflow_client: MlflowClient, name: str, description: str) -> None:
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        try:
+            mlflow_client.create_registered_model(name, description=description)
+        except MlflowException:
+            mlflow_client.get_registered_model(name)  # created meanwhile by another process
+
+
+class Registry:
+    """Register, resolve, promote and roll back tokenizer/model pairs in MLflow."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.client = client(settings)
+        self.model_name = settings.model_name
+        self.tokenizer_name = settings.tokenizer_name
+
+    # -- registration ----------------------------------------------------------------------------------------
+
+    def register(
+        self,
+        tokenizer_dir: str | Path,
+        model_dir: str | Path,
+        alias: str | None = None,
+        max_context: int = DEFAULT_MAX_CONTEXT,
+        trained: bool = True,
+        description: str = "",
+        reason: str = "registered",
+    ) -> PinnedPair:
+        """Register a tokenizer and a model from local checkpoint folders; optionally point ``alias`` at the model."""
+        tokenizer_dir, model_dir = Path(tokenizer_dir), Path(model_dir)
+        tokenizer_values, tokenizer_tags = _describe("tokenizer", tokenizer_dir)
+        model_values, model_tags = _describe("model", model_dir)
+        try:
+            check_pair(
+                TokenizerConfig.from_dict(tokenizer_values),
+                KronosConfig.from_dict(model_values),
+                f"tokenizer {tokenizer_dir}",
+                f"model {model_dir}",
+            )
+        except ConfigError as exc:
+            raise RegistryError(f"refusing to register: {exc}") from None
+        if max_context < 1:
+            raise RegistryError(f"max_context must be positive, got {max_context}.")
+
+        experiment = ensure_experiment(self.client, REGISTRY_EXPERIMENT, self.settings.mlflow_artifact_root)
+        run = self.client.create_run(
+            experiment,
+            run_name=f"register {model_dir.name}",
+            tags={"kronos.action": "register", "kronos.actor": _actor()},
+        )
+        run_id = run.info.run_id
+        try:
+            self.client.log_artifacts(run_id, str(tokenizer_dir), "tokenizer")
+            self.client.log_artifacts(run_id, str(model_dir), "model")
+            for key, value in {
+                **_prefixed(model_tags),
+                "kronos.max_context": str(max_context),
+                "kronos.trained": str(trained).lower(),
+            }.items():
+                self.client.set_tag(run_id, key, value)
+            _ensure_registered_model(self.client, self.tokenizer_name, "Kronos tokenizers (BSQ), safetensors + JSON.")
+            _ensure_registered_model(self.client, self.model_name, "Kronos predictors, safetensors + JSON.")
+            tokenizer = self._find_tokenizer(tokenizer_tags["sha256"]) or self.client.create_model_version(
+                self.tokenizer_name,
+                source=f"{run.info.artifact_uri}/tokenizer",
+                run_id=run_id,
+                tags=_prefixed({**tokenizer_tags, "trained": str(trained).lower()}),
+                description=description,
+            )
+            model = self.client.create_model_version(
+                self.model_name,
+                source=f"{run.info.artifact_uri}/model",
+                run_id=run_id,
+                tags=_prefixed(
+                    {
+                        **model_tags,
+                        "trained": str(trained).lower(),
+                        "max_context": str(max_context),
+                        "tokenizer_name": self.tokenizer_name,
+                        "tokenizer_version": str(tokenizer.version),
+                    }
+                ),
+                description=description,
+            )
+            self.client.set_terminated(run_id)
+        except Exception:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        if alias:
+            self.promote(model.version, alias, reason=reason)
+            return self.resolve(f"{self.model_name}@{alias}")
+        return self.resolve(f"{self.model_name}/{model.version}")
+
+    def _find_tokenizer(self, sha256: str) -> ModelVersion | None:
+        """An existing tokenizer version with exactly these weights (tokenizers are shared by models)."""
+        versions = self._versions(self.tokenizer_name)
+        same = [v for v in versions if _tags(v).get("sha256") == sha256]
+        return max(same, key=lambda v: int(v.version)) if same else None
+
+    def _versions(self, name: str) -> list[ModelVersion]:
+        try:
+            return list(self.client.search_model_versions(f"name = '{name}'"))
+        except MlflowException:
+            return []
+
+    # -- resolution ------------------------------------------------------------------------------------------
+
+    def _version(self, name: str, ref: str) -> tuple[ModelVersion, str | None]:
+        """(model version, alias or None) for a version number or an alias of ``name``."""
+        try:
+            if ref.isdigit():
+                return self.client.get_model_version(name, ref), None
+            return self.client.get_model_version_by_alias(name, ref), ref
+        except MlflowException as exc:
+            if ref.isdigit():
+                known = sorted(int(v.version) for v in self._versions(name))
+                raise RegistryError(
+                    f"{name} has no version {ref} (versions: {known or 'none'}); see `kronos-flow models`."
+                ) from exc
+            raise RegistryError(
+                f"{name} has no alias @{ref}: register a pair with `kronos-flow register --tokenizer DIR --model DIR "
+                f"--alias {ref}` or point it at a version with `kronos-flow promote VERSION --alias {ref}`."
+            ) from exc
+
+    def parse_ref(self, ref: str) -> tuple[str, str]:
+        """``champion``, ``@champion``, ``3``, ``NAME@alias``, ``NAME/3``, ``models:/NAME@alias`` -> (name, ref)."""
+        text = ref.removeprefix("models:/").strip()
+        match = re.fullmatch(r"(?:(?P<name>[^@/]+)[@/])?@?(?P<ref>[A-Za-z0-9_.-]+)", text)
+        if not match:
+            raise RegistryError(f"cannot read model reference {ref!r}; use an alias, a version or NAME@alias.")
+        return match.group("name") or self.model_name, match.group("ref")
+
+    def resolve(self, ref: str | None = None) -> PinnedPair:
+        """Pin a model reference (default: the configured alias) to versions with verified local copies."""
+        name, which = self.parse_ref(ref or self.settings.model_alias)
+        model, alias = self._version(name, which)
+        tags = _tags(model)
+        if "tokenizer_version" not in tags:
+            raise RegistryError(f"{name} version {model.version} names no tokenizer version; register it again.")
+        tokenizer, _ = self._version(tags["tokenizer_name"], tags["tokenizer_version"])
+        return PinnedPair(
+            model_name=name,
+            model_version=str(model.version),
+            model_sha256=tags["sha256"],
+            model_run_id=model.run_id,
+            model_path=str(self._download(model)),
+            tokenizer_name=tokenizer.name,
+            tokenizer_version=str(tokenizer.version),
+            tokenizer_sha256=_tags(tokenizer)["sha256"],
+            tokenizer_run_id=tokenizer.run_id,
+            tokenizer_path=str(self._download(tokenizer)),
+            max_context=int(tags.get("max_context", DEFAULT_MAX_CONTEXT)),
+            alias=alias,
+            trained=tags.get("trained", "true") == "true",
+        )
+
+    def _download(self, version: ModelVersion) -> Path:
+        """A verified local copy of a version's folder, from the cache or freshly downloaded."""
+        tags = _tags(version)
+        folder = self.settings.model_cache / version.name / f"v{version.version}-{tags['sha256'][:16]}"
+        if folder.is_dir() and self._verified(folder, tags):
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+        try:
+            try:
+                fetched = Path(
+                    download_artifacts(
+                        artifact_uri=version.source,
+                        dst_path=str(staging),
+                        tracking_uri=self.settings.mlflow_tracking_uri,
+                    )
+                )
+            except (MlflowException, OSError) as exc:
+                detail = " ".join(str(exc).split())
+                raise RegistryError(
+                    f"the artifacts of {version.name} version {version.version} at {version.source} cannot be "
+                    f"downloaded ({detail}); they may have been deleted: register the checkpoint again."
+                ) from None
+            if not self._verified(fetched, tags):
+                raise RegistryError(
+                    f"checksum mismatch for {version.name} version {version.version}: the downloaded "
+                    f"{WEIGHTS_FILE} or {CONFIG_FILE} differs from the SHA-256 recorded at registration. "
+                    "The stored artifacts were changed or damaged; register the checkpoint again."
+                )
+            if folder.exists():  # a damaged cache entry, replaced
+                shutil.rmtree(folder)
+            try:
+                os.replace(fetched, folder)
+            except OSError:
+                if not (folder.is_dir() and self._verified(folder, tags)):  # another process won the race
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    @staticmethod
+    def _verified(folder: Path, tags: dict[str, str]) -> bool:
+        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+        return (
+            weights.is_file()
+            and config.is_file()
+            and sha256_file(weights) == tags.get("sha256")
+            and sha256_file(config) == tags.get("config_sha256")
+        )
+
+    # -- aliases ---------------------------------------------------------------------------------------------
+
+    def holder(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def history(self, alias: str) -> list[Move]:
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            return []
+        raw = (model.tags or {}).get(HISTORY_TAG + alias)
+        return [Move(**entry) for entry in json.loads(raw)] if raw else []
+
+    def _move(self, alias: str, to_version: str, action: str, reason: str, actor: str | None) -> Move:
+        previous = self.holder(alias)
+        self.client.set_registered_model_alias(self.model_name, alias, to_version)
+        move = Move(
+            at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            by=actor or _actor(),
+            action=action,
+            from_version=previous,
+            to_version=str(to_version),
+            reason=reason,
+        )
+        entries = [asdict(m) for m in self.history(alias)] + [asdict(move)]
+        while len(json.dumps(entries)) > HISTORY_LIMIT and len(entries) > 1:
+            entries.pop(0)
+        self.client.set_registered_model_tag(self.model_name, HISTORY_TAG + alias, json.dumps(entries))
+        experiment = ensure_experiment(self.client, REGISTRY_EXPERIMENT, self.settings.mlflow_artifact_root)
+        run = self.client.create_run(
+            experiment,
+            run_name=f"{action} @{alias}: {previous or '-'} -> {to_version}",
+            tags={"kronos.action": action, "kronos.actor": move.by, "kronos.alias": alias},
+        )
+        for key, value in {
+            "action": action,
+            "alias": alias,
+            "model_name": self.model_name,
+            "from_version": previous or "",
+            "to_version": str(to_version),
+            "actor": move.by,
+            "reason": reason[:500],
+            "at": move.at,
+        }.items():
+            self.client.log_param(run.info.run_id, key, value)
+        self.client.set_terminated(run.info.run_id)
+        return move
+
+    def promote(
+        self,
+        version: str | int,
+        alias: str = "champion",
+        reason: str = "promoted",
+        actor: str | None = None,
+        action: str = "promote",
+    ) -> Move:
+        """Point ``alias`` at model ``version`` (checked to exist and to name its tokenizer)."""
+        model, _ = self._version(self.model_name, str(version))
+        if "tokenizer_version" not in _tags(model):
+            raise RegistryError(f"{self.model_name} version {version} names no tokenizer version; register it again.")
+        return self._move(alias, str(model.version), action, reason, actor)
+
+    def rollback(self, alias: str = "champion", reason: str = "rolled back", actor: str | None = None) -> Move:
+        """Move ``alias`` back to the version it pointed at before its last move."""
+        current = self.holder(alias)
+        if current is None:
+            raise RegistryError(f"{self.model_name} has no alias @{alias}; nothing to roll back.")
+        for move in reversed(self.history(alias)):
+            if move.to_version == current and move.from_version:
+                return self._move(alias, move.from_version, "rollback", reason, actor)
+        raise RegistryError(
+            f"no earlier holder of @{alias} is recorded (it points at version {current}); promote an explicit "
+            "version instead: kronos-flow promote VERSION"
+        )
+
+    # -- listing ---------------------------------------------------------------------------------------------
+
+    def versions(self) -> list[dict]:
+        """Every registered version of the model and the tokenizer, with aliases and kronos tags."""
+        rows = []
+        for name in (self.model_name, self.tokenizer_name):
+            try:
+                aliases = self.client.get_registered_model(name).aliases or {}
+            except MlflowException:
+                continue
+            for version in sorted(self._versions(name), key=lambda v: int(v.version)):
+                held = sorted(a for a, v in aliases.items() if str(v) == str(version.version))
+                rows.append(
+                    {
+                        "name": name,
+                        "version": str(version.version),
+                        "aliases": held,
+                        "run_id": version.run_id,
+                        "created": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(
+                            timespec="seconds"
+                        ),
+                        "tags": _tags(version),
+                    }
+                )
+        return rows
