@@ -1,0 +1,1 @@
+"""Forecast quality: scores, baselines, walk-forward backtests, scoring of past runs."""
