@@ -1,0 +1,112 @@
+"""Roll a model version out behind a gate, or roll the alias back one step.
+
+Triggered by hand with a candidate version: verify it (checksums, tokenizer, smoke forecast) -> backtest it
+and the current holder of the alias on the same recent windows with the same seeds -> promote only if it
+passes the gate (skill vs persistence, calibration, not worse than the champion) or ``force`` is set. With
+``rollback`` the alias moves back to its previous holder instead. Every decision is recorded in the
+database and in MLflow. Task bodies live in ``kronos_tasks.pipeline.rollout``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from kronos_tasks.settings import load
+
+SETTINGS = load()
+BACKTEST_TASK = {
+    "queue": SETTINGS.gpu_queue,
+    "pool": SETTINGS.gpu_pool,
+    "retries": 1,
+    "execution_timeout": timedelta(hours=2),
+}
+
+
+@dag(
+    dag_id="kronos_model_rollout",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "kronos-flow", "retries": 0},
+    tags=["kronos", "registry"],
+    doc_md=__doc__,
+    params={
+        "candidate": Param(None, type=["null", "string"], description="model version to roll out"),
+        "alias": Param(SETTINGS.model_alias, type="string"),
+        "rollback": Param(False, type="boolean", description="move the alias back to its previous holder"),
+        "force": Param(False, type="boolean", description="promote even if the gate refuses (recorded)"),
+        "min_skill": Param(0.0, type="number", description="skill vs persistence (MAE of close) to reach"),
+        "max_brier": Param(0.25, type="number", minimum=0, maximum=1, description="Brier of P(close up) not to exceed"),
+        "tolerance": Param(0.02, type="number", minimum=0, description="allowed shortfall against the champion"),
+        "origins": Param(50, type="integer", minimum=1, description="backtest origins per symbol"),
+        "stride": Param(1, type="integer", minimum=1),
+        "seed": Param(0, type="integer", minimum=0),
+        "watchlist": Param(None, type=["null", "array"], items={"type": "object"}),
+        "forecast": Param(
+            {"pred_len": 12, "sample_count": 16},
+            type="object",
+            description="forecast parameters of the backtest (see the daily DAG)",
+        ),
+    },
+)
+def kronos_model_rollout():
+    @task
+    def rollback_if_asked() -> dict | None:
+        from kronos_tasks.pipeline import rollout
+
+        context = get_current_context()
+        params = context["params"]
+        if not params["rollback"]:
+            return None
+        return rollout.rollback(params["alias"], "rollback requested through kronos_model_rollout", context["run_id"])
+
+    @task
+    def verify(rolled_back: dict | None) -> dict:
+        from kronos_tasks.pipeline import rollout
+
+        params = get_current_context()["params"]
+        if rolled_back is not None:
+            raise AirflowSkipException(f"rolled back: {rolled_back}")
+        if not params["candidate"]:
+            raise ValueError("set the candidate param to a model version (or rollback to true)")
+        return rollout.verify(str(params["candidate"]), params["watchlist"], params["forecast"])
+
+    @task
+    def champion(candidate: dict) -> dict | None:
+        from kronos_tasks.pipeline import rollout
+
+        return rollout.champion(get_current_context()["params"]["alias"])
+
+    @task(**BACKTEST_TASK)
+    def backtest(pinned: dict | None) -> dict | None:
+        from kronos_tasks.pipeline import rollout
+
+        params = get_current_context()["params"]
+        return rollout.backtest(
+            pinned, params["watchlist"], params["forecast"], params["origins"], params["stride"], params["seed"]
+        )
+
+    @task
+    def decide_and_apply(candidate: dict, candidate_scores: dict, champion_scores: dict | None) -> dict:
+        from kronos_tasks.pipeline import rollout
+
+        context = get_current_context()
+        params = context["params"]
+        gate = rollout.Gate(params["min_skill"], params["max_brier"], params["tolerance"])
+        decision = rollout.decide(candidate_scores, champion_scores, gate, params["force"])
+        return rollout.apply(decision, candidate, params["alias"], context["run_id"])
+
+    candidate = verify(rollback_if_asked())
+    current = champion(candidate)
+    decide_and_apply(
+        candidate,
+        backtest.override(task_id="backtest_candidate")(candidate),
+        backtest.override(task_id="backtest_champion")(current),
+    )
+
+
+dag = kronos_model_rollout()

@@ -1,0 +1,1 @@
+"""Task functions the DAGs call (ingest, forecast, persist, log, evaluate), importable without Airflow."""

@@ -1,0 +1,132 @@
+"""From stored bars to forecast rows: windows, future bar times, batched prediction, per-symbol isolation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from kronos_tasks.data import FEATURES, DataError, Interval, future_timestamps
+from kronos_tasks.hashing import frame_sha256
+from kronos_tasks.inference import Forecast, InputError, KronosPredictor, derive_seed
+
+from .params import ForecastParams, WatchItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Window:
+    """The history one symbol's forecast reads, and the times of the bars it forecasts."""
+
+    item: WatchItem
+    bars: pd.DataFrame  # ts (UTC) + features, oldest first
+    future: pd.DatetimeIndex  # UTC
+    sha256: str
+
+    @property
+    def symbol(self) -> str:
+        return self.item.symbol
+
+    def local(self, stamps) -> pd.Series:
+        """Timestamps as naive wall-clock times of the symbol's exchange: what the model's time features use."""
+        return pd.Series(pd.DatetimeIndex(stamps).tz_convert(self.item.timezone).tz_localize(None))
+
+
+def make_window(item: WatchItem, bars: pd.DataFrame, params: ForecastParams, max_context: int) -> Window:
+    """The last ``params.window(max_context)`` bars and the next ``pred_len`` bar times; DataError if unusable."""
+    history = bars.iloc[-params.window(max_context) :].reset_index(drop=True)
+    if len(history) < params.min_history:
+        raise DataError(
+            f"{item.symbol}: {len(history)} bar(s) before the forecast origin, min_history is "
+            f"{params.min_history}; ingest more history or lower min_history."
+        )
+    future = future_timestamps(
+        history["ts"].iloc[-1], params.pred_len, Interval.parse(item.interval), item.exchange, history["ts"]
+    )
+    return Window(item, history, future, frame_sha256(history, ["ts", *FEATURES]))
+
+
+def predict_windows(
+    predictor: KronosPredictor, windows: list[Window], params: ForecastParams, run_seed: int
+) -> tuple[dict[str, Forecast], dict[str, str]]:
+    """Forecasts per symbol, and the symbols that failed with their reason.
+
+    Symbols are decoded together in batches; if a batch fails on one symbol's input, its symbols are retried
+    one by one so that only the bad one fails. Each symbol's seed comes from the run seed and its name, so it
+    does not depend on the other symbols of the run.
+    """
+    results: dict[str, Forecast] = {}
+    failed: dict[str, str] = {}
+
+    def run(group: list[Window]) -> list[Forecast]:
+        return predictor.predict_batch(
+            [w.bars[FEATURES] for w in group],
+            [w.local(w.bars["ts"]) for w in group],
+            [w.local(w.future) for w in group],
+            params.pred_len,
+            T=params.T,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            sample_count=params.sample_count,
+            verbose=True,
+            seed=[derive_seed(run_seed, w.symbol) for w in group],
+            quantiles=params.quantiles,
+            return_samples=True,
+            _labels=[w.symbol for w in group],
+        )
+
+    for start in range(0, len(windows), params.batch_size):
+        group = windows[start : start + params.batch_size]
+        try:
+            results.update({w.symbol: f for w, f in zip(group, run(group))})
+        except (InputError, ValueError, RuntimeError) as exc:
+            log.warning("batch of %d symbols failed (%s); retrying them one by one", len(group), exc)
+            for window in group:
+                try:
+                    results[window.symbol] = run([window])[0]
+                except (InputError, ValueError, RuntimeError) as single:
+                    failed[window.symbol] = f"{type(single).__name__}: {single}"
+    return results, failed
+
+
+def forecast_rows(run_id: str, window: Window, forecast: Forecast) -> list[dict]:
+    """One row per feature and step: mean, quantiles, share of sample paths above the last observed value."""
+    origin = window.bars["ts"].iloc[-1].to_pydatetime()
+    last = window.bars[FEATURES].iloc[-1].to_numpy(dtype=float)
+    samples = forecast.samples  # [S, pred_len, 6]
+    above = (samples > last[None, None, :]).mean(axis=0)  # [pred_len, 6]
+    means = forecast.mean.to_numpy(dtype=float)
+    quantiles = {q: forecast.quantile(q).to_numpy(dtype=float) for q in forecast.quantiles}
+    targets: list[datetime] = list(window.future.to_pydatetime())
+    rows = []
+    for f, feature in enumerate(FEATURES):
+        for step in range(means.shape[0]):
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "symbol": window.symbol,
+                    "feature": feature,
+                    "step": step + 1,
+                    "interval": window.item.interval,
+                    "origin_ts": origin,
+                    "target_ts": targets[step],
+                    "last_value": float(last[f]),
+                    "mean": float(means[step, f]),
+                    "quantiles": {f"{q:g}": float(values[step, f]) for q, values in quantiles.items()},
+                    "prob_above_last": float(above[step, f]),
+                    "series_seed": int(forecast.seed),
+                }
+            )
+    return rows
+
+
+def summary_frame(rows: list[dict]) -> pd.DataFrame:
+    """Forecast rows as a flat frame (quantiles as columns q0.1, ...), for CSV output and MLflow artifacts."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    quantiles = pd.DataFrame(list(frame.pop("quantiles"))).add_prefix("q")
+    return pd.concat([frame.reset_index(drop=True), quantiles], axis=1)

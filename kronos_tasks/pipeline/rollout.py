@@ -1,0 +1,221 @@
+"""Task functions of the model rollout: verify -> backtest candidate and champion -> gate -> promote or refuse.
+
+The gate: the candidate's skill versus persistence (MAE of close) must reach ``min_skill`` and its Brier
+score of P(close up) must not exceed ``max_brier``; when a champion exists, the candidate must also be
+no worse than it beyond ``tolerance`` on both. ``force`` promotes regardless (recorded as such);
+``rollback`` moves the alias back to its previous holder. Every decision is stored in the
+``model_decisions`` table and as an MLflow run, with the numbers it was made on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kronos_tasks.evaluation.backtest import run_backtest, select_origins
+from kronos_tasks.evaluation.metrics import json_safe
+from kronos_tasks.inference import KronosPredictor
+from kronos_tasks.registry import PinnedPair, RegistryError, ensure_experiment
+from kronos_tasks.registry.registry import REGISTRY_EXPERIMENT
+from kronos_tasks.storage import read_bars, record_decision
+
+from . import runtime
+from .forecasting import make_window, predict_windows
+from .params import ForecastParams, WatchItem, load_watchlist, parse_watchlist
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_skill: float = 0.0
+    max_brier: float = 0.25
+    tolerance: float = 0.02
+
+
+def _items(watchlist: Any) -> list[WatchItem]:
+    return parse_watchlist(watchlist) if watchlist else load_watchlist(runtime.settings().watchlist)
+
+
+def _predictor(pair: PinnedPair, batch_size: int) -> KronosPredictor:
+    device = runtime.torch_device(runtime.settings().device)
+    tokenizer, model = pair.load(device)
+    return KronosPredictor(model, tokenizer, device=device, max_context=pair.max_context, batch_size=batch_size)
+
+
+def verify(candidate: str, watchlist: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Pin the candidate (downloads are checked against their SHA-256), check its tokenizer, smoke-forecast."""
+    registry = runtime.registry()
+    pair = registry.resolve(f"{registry.model_name}/{candidate}")
+    tokenizer, model = pair.load("cpu")
+    if (tokenizer.config.s1_bits, tokenizer.config.s2_bits) != (model.config.s1_bits, model.config.s2_bits):
+        raise RegistryError(f"candidate {candidate}: tokenizer and model bit sizes differ.")
+    smoke = ForecastParams.from_dict({**params, "pred_len": 4, "sample_count": 2, "lookback": 64, "min_history": 16})
+    windows = []
+    for item in _items(watchlist)[:2]:
+        bars = read_bars(runtime.engine(), item.symbol, item.interval, limit=smoke.window(pair.max_context))
+        windows.append(make_window(item, bars, smoke, pair.max_context))
+    predicted, failed = predict_windows(_predictor(pair, 8), windows, smoke, 0)
+    values = [f.samples for f in predicted.values()]
+    if failed or not values or not all(np.isfinite(v).all() for v in values):
+        raise RegistryError(f"candidate {candidate} failed its smoke forecast: {failed or 'non-finite output'}")
+    return pair.to_dict()
+
+
+def champion(alias: str) -> dict[str, Any] | None:
+    """The pinned pair the alias holds now, or None."""
+    registry = runtime.registry()
+    if registry.holder(alias) is None:
+        return None
+    return registry.resolve(f"{registry.model_name}@{alias}").to_dict()
+
+
+def backtest(
+    pinned: dict[str, Any] | None, watchlist: Any, params: dict[str, Any], origins: int, stride: int, seed: int
+) -> dict[str, Any] | None:
+    """Backtest scores of a pinned pair on the latest windows of the watchlist (same origins and seeds for all)."""
+    if pinned is None:
+        return None
+    pair = PinnedPair.from_dict(pinned)
+    forecast_params = ForecastParams.from_dict(params)
+    chosen = select_origins(
+        runtime.engine(), _items(watchlist), forecast_params, pair.max_context, origins, stride, seed
+    )
+    result = run_backtest(
+        chosen, forecast_params, _predictor(pair, forecast_params.batch_size), f"{pair.model_name}/{pair.model_version}"
+    )
+    return {"label": result.model_label, "version": pair.model_version, "scores": result.scores}
+
+
+def decide(candidate: dict[str, Any], current: dict[str, Any] | None, gate: Gate, force: bool) -> dict[str, Any]:
+    """Apply the gate -> {"action": "promote" | "refuse" | "force_promote", "reasons": [...], "numbers": {...}}."""
+    model = candidate["scores"]["model"]
+    numbers = {
+        "candidate_skill": model["skill"],
+        "candidate_brier": model["brier"],
+        "candidate_mae": model["mae"],
+        "candidate_direction_accuracy": model["direction_accuracy"],
+        "persistence_mae": candidate["scores"]["persistence"]["mae"],
+        **{f"gate_{k}": v for k, v in asdict(gate).items()},
+    }
+    reasons = []
+    if model["skill"] is None or model["brier"] is None:
+        reasons.append("the backtest produced no finite skill or Brier score")
+    elif not model["skill"] >= gate.min_skill:
+        reasons.append(
+            f"skill vs persistence {model['skill']:+.4f} < {gate.min_skill:+.4f}: it loses to carrying the "
+            "last close forward"
+        )
+    if model["brier"] is not None and not model["brier"] <= gate.max_brier:
+        reasons.append(
+            f"Brier score {model['brier']:.4f} > {gate.max_brier:.4f}: its P(close up) is worse calibrated than allowed"
+        )
+    if current is not None and model["skill"] is not None and model["brier"] is not None:
+        held = current["scores"]["model"]
+        numbers.update(
+            {
+                "champion_version": current["version"],
+                "champion_skill": held["skill"],
+                "champion_brier": held["brier"],
+                "champion_mae": held["mae"],
+            }
+        )
+        if held["skill"] is not None and model["skill"] < held["skill"] - gate.tolerance:
+            reasons.append(
+                f"skill {model['skill']:+.4f} is worse than the champion's {held['skill']:+.4f} beyond the "
+                f"tolerance {gate.tolerance}"
+            )
+        if held["brier"] is not None and model["brier"] > held["brier"] + gate.tolerance:
+            reasons.append(
+                f"Brier {model['brier']:.4f} is worse than the champion's {held['brier']:.4f} beyond the "
+                f"tolerance {gate.tolerance}"
+            )
+    if reasons:
+        action = "force_promote" if force else "refuse"
+    else:
+        action = "promote"
+    return {"action": action, "reasons": reasons or ["passed the gate"], "numbers": json_safe(numbers)}
+
+
+def _record(
+    action: str,
+    alias: str,
+    candidate: str | None,
+    previous: str | None,
+    reason: str,
+    numbers: dict[str, Any],
+    dag_run_id: str | None,
+) -> str:
+    settings = runtime.settings()
+    registry = runtime.registry()
+    experiment = ensure_experiment(registry.client, REGISTRY_EXPERIMENT, settings.mlflow_artifact_root)
+    run = registry.client.create_run(
+        experiment,
+        run_name=f"rollout decision: {action} {candidate or ''} @{alias}",
+        tags={"kronos.action": f"decision:{action}", "kronos.alias": alias, "kronos.dag_run_id": str(dag_run_id)},
+    )
+    for key, value in {
+        "action": action,
+        "alias": alias,
+        "candidate_version": candidate or "",
+        "previous_version": previous or "",
+        "reason": reason[:500],
+    }.items():
+        registry.client.log_param(run.info.run_id, key, value)
+    for key, value in numbers.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+            registry.client.log_metric(run.info.run_id, key, float(value))
+    registry.client.set_terminated(run.info.run_id)
+    record_decision(
+        runtime.engine(),
+        {
+            "action": action,
+            "model_name": registry.model_name,
+            "alias": alias,
+            "candidate_version": candidate,
+            "previous_version": previous,
+            "actor": f"airflow:{dag_run_id}" if dag_run_id else "kronos-flow",
+            "reason": reason,
+            "metrics": numbers,
+            "mlflow_run_id": run.info.run_id,
+            "dag_run_id": dag_run_id,
+        },
+    )
+    return run.info.run_id
+
+
+def apply(decision: dict[str, Any], candidate: dict[str, Any], alias: str, dag_run_id: str | None) -> dict[str, Any]:
+    """Carry out a decision: move the alias on promote, record every decision either way."""
+    registry = runtime.registry()
+    pair = PinnedPair.from_dict(candidate)
+    previous = registry.holder(alias)
+    reason = "; ".join(decision["reasons"])
+    if decision["action"] in ("promote", "force_promote"):
+        registry.promote(
+            pair.model_version,
+            alias,
+            reason=f"{decision['action']}: {reason}",
+            actor=f"airflow:{dag_run_id}" if dag_run_id else None,
+        )
+    run_id = _record(decision["action"], alias, pair.model_version, previous, reason, decision["numbers"], dag_run_id)
+    return {
+        **decision,
+        "alias": alias,
+        "candidate_version": pair.model_version,
+        "previous_version": previous,
+        "mlflow_run_id": run_id,
+    }
+
+
+def rollback(alias: str, reason: str, dag_run_id: str | None) -> dict[str, Any]:
+    """Move the alias back to its previous holder and record it."""
+    registry = runtime.registry()
+    move = registry.rollback(alias, reason=reason, actor=f"airflow:{dag_run_id}" if dag_run_id else None)
+    run_id = _record("rollback", alias, move.to_version, move.from_version, reason, {}, dag_run_id)
+    return {
+        "action": "rollback",
+        "alias": alias,
+        "from_version": move.from_version,
+        "to_version": move.to_version,
+        "mlflow_run_id": run_id,
+    }

@@ -1,0 +1,40 @@
+"""``python -m kronos_tasks.pipeline.run_dag DAG_ID LOGICAL_DATE [--conf JSON]``: one in-process run via dag.test().
+
+Exits 0 when the run succeeds, 1 otherwise. Meant to run with the environment of
+``airflow_env.airflow_environment`` (Airflow's configuration is read at import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from datetime import datetime
+
+from kronos_tasks.pipeline.airflow_env import dags_folder
+
+
+def load_dag(dag_id: str):
+    path = dags_folder() / f"{dag_id}.py"
+    spec = importlib.util.spec_from_file_location(dag_id, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dag_id")
+    parser.add_argument("logical_date", help="ISO date-time with offset")
+    parser.add_argument("--conf", default="{}")
+    args = parser.parse_args(argv)
+    dag = load_dag(args.dag_id)
+    run = dag.test(logical_date=datetime.fromisoformat(args.logical_date), run_conf=json.loads(args.conf))
+    state = str(getattr(run, "state", "unknown"))
+    print(f"dag run {args.dag_id} {args.logical_date}: {state}", file=sys.stderr)
+    return 0 if state.endswith("success") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

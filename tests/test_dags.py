@@ -1,0 +1,207 @@
+"""The DAGs through Airflow itself (dag.test on SQLite): daily forecast, re-run, bad symbol, rollout, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from conftest import SAMPLE_DATA
+
+pytestmark = pytest.mark.slow
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+DATE = "2024-08-28T17:30:00-04:00"
+
+
+def test_dag_files_parse_fast_without_heavy_imports():
+    code = f"""
+import json, sys, time, importlib.util
+started = time.perf_counter()
+for path in sorted(__import__('pathlib').Path({str(DAGS)!r}).glob('*.py')):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.dag.dag_id == path.stem, path
+elapsed = time.perf_counter() - started
+print(json.dumps({{"seconds": elapsed, "heavy": sorted(m for m in ("torch", "mlflow", "pandas", "kronos_tasks.storage")
+                                                       if m in sys.modules)}}))
+"""
+    # Airflow's own import is not the DAG files' work: import it first, then time the files.
+    out = subprocess.run(
+        [sys.executable, "-c", "import airflow.sdk\n" + code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [], f"DAG files import {result['heavy']} at parse time"
+    assert result["seconds"] < 2.0
+
+
+@pytest.fixture(scope="module")
+def airflow_setup(tmp_path_factory):
+    """A migrated Airflow home and a kronos-flow home with an untrained tiny pair at @champion."""
+    from kronos_tasks.model.presets import write_random_pair
+    from kronos_tasks.pipeline.airflow_env import airflow_environment, ensure_pool, migrate_metadata
+    from kronos_tasks.registry import Registry
+    from kronos_tasks.settings import Settings
+    from kronos_tasks.storage import make_engine, upgrade
+
+    root = tmp_path_factory.mktemp("airflow-dags")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "MLFLOW_", "AIRFLOW"))}
+    environ.update({"KRONOS_HOME": str(root / "home"), "KRONOS_DEVICE": "cpu", "AIRFLOW_HOME": str(root / "airflow")})
+    settings = Settings.from_env(environ)
+    upgrade(make_engine(settings.db_url))
+    registry = Registry(settings)
+    registry.register(*write_random_pair(root / "pair1", "tiny", seed=1), alias="champion", trained=False)
+    registry.register(*write_random_pair(root / "pair2", "tiny", seed=2), trained=False)
+    os.environ.update({"KRONOS_HOME": environ["KRONOS_HOME"]})
+    env = airflow_environment(settings)
+    env.update(environ)
+    migrate_metadata(env)
+    ensure_pool(env, settings.gpu_pool, 1)
+    return settings, env, registry
+
+
+def run_dag(env, dag_id, date=DATE, conf=None):
+    from kronos_tasks.pipeline.airflow_env import test_dag
+
+    return test_dag(dag_id, date, env, conf=conf, timeout=600).returncode
+
+
+def engine_of(settings):
+    from kronos_tasks.storage import make_engine
+
+    return make_engine(settings.db_url)
+
+
+def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
+    from kronos_tasks.storage import get_run
+    from kronos_tasks.storage.models import Forecast, SymbolFailure
+
+    settings, env, registry = airflow_setup
+    assert run_dag(env, "kronos_daily_forecast") == 0
+    engine = engine_of(settings)
+    run_id = "kronos_daily_forecast@2024-08-28T21:30:00+00:00"
+    run = get_run(engine, run_id)
+    assert (run.status, run.symbols_ok, run.symbols_failed) == ("success", 2, 0)
+    assert (run.model_version, run.tokenizer_version, run.model_alias) == ("1", "1", "champion")
+    assert len(run.data_window_hash) == 64 and run.lookback == 512 - 24 and run.mlflow_run_id
+    with engine.connect() as connection:
+        rows = pd.DataFrame(connection.execute(select(Forecast).where(Forecast.run_id == run_id)).mappings().all())
+    assert len(rows) == 2 * 6 * 24
+    # The a_share targets are the next 24 bars of the exchange's calendar: the morning of 2024-08-29.
+    a_share = pd.read_csv(SAMPLE_DATA / "a_share_5min.csv", parse_dates=["timestamps"])
+    expected = a_share["timestamps"][a_share["timestamps"] > "2024-08-28 15:00"].iloc[:24]
+    targets = rows[(rows["symbol"] == "a_share") & (rows["feature"] == "close")].sort_values("step")["target_ts"]
+    assert list(pd.DatetimeIndex(targets).tz_convert("Asia/Shanghai").tz_localize(None)) == list(expected)
+    mlflow_run = registry.client.get_run(run.mlflow_run_id)
+    assert mlflow_run.data.params["model_version"] == "1" and mlflow_run.data.params["seed"] == str(run.seed)
+    assert mlflow_run.data.metrics["symbols_ok"] == 2
+    artifacts = {a.path for a in registry.client.list_artifacts(run.mlflow_run_id)}
+    assert {"forecasts.csv", "fan_chart.png"} <= artifacts
+
+    # The same logical date again: same seed, same rows (replaced, not duplicated), one live MLflow run.
+    before = rows.set_index(["symbol", "feature", "step"])["mean"].sort_index()
+    assert run_dag(env, "kronos_daily_forecast") == 0
+    again = get_run(engine, run_id)
+    assert again.seed == run.seed and again.mlflow_run_id != run.mlflow_run_id
+    with engine.connect() as connection:
+        after = pd.DataFrame(connection.execute(select(Forecast).where(Forecast.run_id == run_id)).mappings().all())
+        assert connection.execute(select(func.count()).select_from(SymbolFailure)).scalar_one() == 0
+    assert len(after) == len(rows)
+    pd.testing.assert_series_equal(after.set_index(["symbol", "feature", "step"])["mean"].sort_index(), before)
+    assert registry.client.get_run(run.mlflow_run_id).info.lifecycle_stage == "deleted"
+
+
+def test_one_bad_symbol_does_not_take_the_others_down(airflow_setup, tmp_path):
+    from kronos_tasks.storage import get_run
+    from kronos_tasks.storage.models import SymbolFailure
+
+    settings, env, _ = airflow_setup
+    watchlist = [
+        {"symbol": "a_share", "exchange": "XSHG", "interval": "5min", "file": "a_share_5min.csv"},
+        {"symbol": "GOOG", "exchange": "XNYS", "interval": "1d", "file": "GOOG_1d.csv"},
+        {"symbol": "MISSING", "exchange": "XNYS", "interval": "1d"},
+    ]
+    date = "2024-08-27T17:30:00-04:00"
+    conf = {"watchlist": watchlist, "max_failed_share": 0.5, "pred_len": 8}
+    assert run_dag(env, "kronos_daily_forecast", date, conf) == 0
+    engine = engine_of(settings)
+    run = get_run(engine, "kronos_daily_forecast@2024-08-27T21:30:00+00:00")
+    assert (run.status, run.symbols_ok, run.symbols_failed) == ("partial", 2, 1)
+    with engine.connect() as connection:
+        failure = connection.execute(select(SymbolFailure).where(SymbolFailure.run_id == run.run_id)).mappings().one()
+    assert (
+        failure["symbol"] == "MISSING"
+        and failure["stage"] == "ingest"
+        and "no file MISSING_1d.csv" in failure["reason"]
+    )
+    # Past the allowed share the run fails, after its rows were stored.
+    assert run_dag(env, "kronos_daily_forecast", date, {**conf, "max_failed_share": 0.2}) == 1
+    assert get_run(engine, run.run_id).symbols_ok == 2
+
+
+def test_rollout_refuses_a_candidate_that_loses_to_persistence_then_promotes_and_rolls_back(airflow_setup):
+    from kronos_tasks.storage.models import ModelDecision
+
+    settings, env, registry = airflow_setup
+    assert registry.holder("champion") == "1"
+    backtest = {"origins": 8, "forecast": {"pred_len": 6, "sample_count": 8}}
+    assert run_dag(env, "kronos_model_rollout", DATE, {"candidate": "2", **backtest}) == 0
+    assert registry.holder("champion") == "1"  # refused: an untrained model loses to persistence
+    engine = engine_of(settings)
+    with engine.connect() as connection:
+        decisions = connection.execute(select(ModelDecision).order_by(ModelDecision.id)).mappings().all()
+    refused = decisions[-1]
+    assert refused["action"] == "refuse" and refused["candidate_version"] == "2"
+    assert "loses to carrying the last close forward" in refused["reason"]
+    assert refused["metrics"]["candidate_skill"] < 0 and "champion_skill" in refused["metrics"]
+    assert registry.client.get_run(refused["mlflow_run_id"]).data.params["action"] == "refuse"
+
+    lenient = {"min_skill": -1e9, "max_brier": 1.0, "tolerance": 1e9}
+    assert run_dag(env, "kronos_model_rollout", DATE, {"candidate": "2", **backtest, **lenient}) == 0
+    assert registry.holder("champion") == "2"
+    assert run_dag(env, "kronos_model_rollout", DATE, {"rollback": True}) == 0
+    assert registry.holder("champion") == "1"
+    with engine.connect() as connection:
+        actions = connection.execute(select(ModelDecision.action).order_by(ModelDecision.id)).scalars().all()
+    assert actions[-3:] == ["refuse", "promote", "rollback"]
+
+
+def test_evaluation_dag_scores_a_past_run(airflow_setup):
+    from kronos_tasks.storage.models import ForecastScore
+
+    settings, env, registry = airflow_setup
+    assert run_dag(env, "kronos_daily_forecast") == 0  # the 2024-08-28 run, whose targets arrived on the 29th
+    assert run_dag(env, "kronos_forecast_evaluation", "2024-08-30T07:00:00-04:00", {"lookback_days": 10}) == 0
+    engine = engine_of(settings)
+    run_id = "kronos_daily_forecast@2024-08-28T21:30:00+00:00"
+    with engine.connect() as connection:
+        scores = pd.DataFrame(
+            connection.execute(select(ForecastScore).where(ForecastScore.run_id == run_id)).mappings().all()
+        )
+    overall = scores[(scores["symbol"] == "*") & (scores["method"] == "model")].set_index("metric")
+    assert overall.loc["mae", "count"] == 24  # the 24 a_share bars of the 29th (GOOG's data ends in 2013)
+    assert {"mae", "mape", "skill", "direction_accuracy", "pinball", "coverage_0.1_0.9", "brier"} <= set(overall.index)
+    per_step = scores[(scores["symbol"] == "a_share") & (scores["horizon"] == 3) & (scores["metric"] == "mae")]
+    assert set(per_step["method"]) == {"model", "persistence"} and (per_step["count"] == 1).all()
+    experiment = registry.client.get_experiment_by_name("kronos-forecast-evaluation")
+    runs = registry.client.search_runs([experiment.experiment_id], "tags.`kronos.model` = 'kronos-model/1'")
+    with engine.connect() as connection:
+        pooled = connection.execute(
+            select(func.sum(ForecastScore.count)).where(
+                ForecastScore.symbol == "*",
+                ForecastScore.method == "model",
+                ForecastScore.metric == "mae",
+                ForecastScore.model_version == "1",
+            )
+        ).scalar_one()
+    assert runs and runs[0].data.metrics["points"] == pooled >= 24  # every due run of version 1, pooled
