@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: install
+	$(BIN)/ruff check kronos_tasks dags tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -32,6 +33,12 @@ bench: install
 lint: install
 	$(BIN)/ruff check kronos_tasks dags tests bench
 	$(BIN)/ruff format --check kronos_tasks dags tests bench
+
+# Re-resolve the lock after changing dependencies in pyproject.toml.
+constraints: install
+	( echo "# Resolved together for Python 3.11 (pip freeze of a working .venv; torch is installed first by the"; \
+	  echo "# Makefile and left out). Regenerate: make constraints."; \
+	  $(BIN)/pip freeze | grep -v -E "^(torch==|kronos-flow|-e )" ) > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,102 @@
+"""The kronos-flow command, run as users run it: separate processes sharing one KRONOS_HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import SAMPLE_DATA
+
+CLI = str(Path(sys.executable).with_name("kronos-flow"))
+
+
+@pytest.fixture
+def home(tmp_path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "MLFLOW_"))}
+    environ.update({"KRONOS_HOME": str(tmp_path / "home"), "KRONOS_DEVICE": "cpu"})
+    return environ
+
+
+def cli(env, *args, ok=True):
+    result = subprocess.run([CLI, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert result.returncode == 0, f"kronos-flow {' '.join(map(str, args))}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_register_promote_resolve_in_another_process_and_roll_back(home, tmp_path):
+    cli(home, "init")
+    cli(home, "random-pair", tmp_path / "one", "--seed", "1")
+    out = cli(home, "register", "--tokenizer", tmp_path / "one/tokenizer", "--model", tmp_path / "one/model",
+              "--untrained").stdout
+    assert "registered kronos-model version 1 with kronos-tokenizer version 1" in out
+    assert "@champion" in cli(home, "promote", "1").stdout
+    # Another process resolves @champion to the pinned pair, loads it and forecasts.
+    code = (
+        "from kronos_tasks.pipeline import runtime\n"
+        "pair = runtime.registry().resolve('champion')\n"
+        "tok, model = pair.load()\n"
+        "print(pair.model_version, pair.tokenizer_version, pair.model_sha256, model.config.n_layers)\n"
+    )
+    resolved = subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True)
+    version, tokenizer_version, sha, layers = resolved.stdout.split()
+    assert (version, tokenizer_version, layers) == ("1", "1", "2") and len(sha) == 64
+    forecast = tmp_path / "forecast.csv"
+    cli(home, "forecast", SAMPLE_DATA / "a_share_5min.csv", "--out", forecast, "--exchange", "XSHG",
+        "--pred-len", "12", "--sample-count", "4", "--model", "champion")
+    frame = pd.read_csv(forecast)
+    assert len(frame) == 12 and {"close", "close_q0.1", "close_q0.9", "target_local"} <= set(frame.columns)
+    assert frame["target_local"].iloc[0] == "2024-08-29 13:05:00"  # after the lunch break
+
+    cli(home, "random-pair", tmp_path / "two", "--seed", "2")
+    cli(home, "register", "--tokenizer", tmp_path / "two/tokenizer", "--model", tmp_path / "two/model",
+        "--alias", "champion", "--reason", "second try")
+    assert "-> 1 (rolled back)" in cli(home, "rollback", "--reason", "bad").stdout
+    listing = cli(home, "models").stdout
+    assert "@champion" in listing.splitlines()[1] and "UNTRAINED" in listing
+    assert "promote 1 -> 2 by" in listing and "rollback 2 -> 1 by" in listing and "second try" in listing
+
+
+def test_registry_errors_are_one_clear_line(home, tmp_path):
+    result = cli(home, "promote", "3", ok=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: kronos-model has no version 3")
+    assert "Traceback" not in result.stderr
+    result = cli(home, "register", "--tokenizer", tmp_path / "nope", "--model", tmp_path / "nope", ok=False)
+    assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+def test_ingest_prints_the_report_and_is_idempotent(home, tmp_path):
+    bad = pd.read_csv(SAMPLE_DATA / "a_share_5min.csv").iloc[:60]
+    bad.loc[5, "high"] = 1.0  # row 6: high below open/close
+    bad.to_csv(tmp_path / "BAD_5min.csv", index=False)
+    out = cli(home, "ingest", SAMPLE_DATA / "a_share_5min.csv", tmp_path / "BAD_5min.csv", "--exchange", "XSHG").stdout
+    assert "high_below_open_close: 1" in out and "BAD row 6" in out and "wrote 2500 bar(s) for a_share" in out
+    assert "wrote 59 bar(s) for BAD" in out
+    again = cli(home, "ingest", SAMPLE_DATA / "GOOG_1d.csv", "--exchange", "XNYS").stdout
+    assert "amount = volume x mean" in again
+    code = "from kronos_tasks.pipeline import runtime; from kronos_tasks.storage import bar_count; print(bar_count(runtime.engine()))"
+    count = subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True).stdout
+    cli(home, "ingest", SAMPLE_DATA / "GOOG_1d.csv", "--exchange", "XNYS")
+    assert subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True).stdout == count
+
+
+def test_backtest_over_a_hundred_origins_for_a_model_and_the_baseline(home, tmp_path):
+    cli(home, "ingest", SAMPLE_DATA / "a_share_5min.csv", "--exchange", "XSHG")
+    cli(home, "random-pair", tmp_path / "pair")
+    cli(home, "register", "--tokenizer", tmp_path / "pair/tokenizer", "--model", tmp_path / "pair/model",
+        "--alias", "champion", "--untrained")
+    common = ["--symbols", "a_share", "--origins", "100", "--stride", "5", "--pred-len", "6", "--lookback", "96"]
+    model = cli(home, "backtest", *common, "--sample-count", "8", "--out", tmp_path / "bt.csv").stdout
+    assert model.startswith("100 origins, 600 points")
+    assert "kronos-model/1 (untrained)" in model and "skill vs persistence" in model and "Brier" in model
+    assert "persistence" in model and "seasonal" in model and "reliability of P(close up)" in model
+    rows = pd.read_csv(tmp_path / "bt.csv")
+    assert rows["origin_ts"].nunique() == 100 and {"mean", "p_up", "crps", "persistence"} <= set(rows.columns)
+    baseline = cli(home, "backtest", *common, "--baseline").stdout
+    assert "100 origins" in baseline and "persistence" in baseline and "kronos-model" not in baseline
