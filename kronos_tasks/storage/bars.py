@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kronos_tasks.data.schema import FEATURES
 
-from .db import upsert
+from .db import upsert, upsert_frame
 from .models import Bar, Instrument
 
 
@@ -33,12 +33,9 @@ def write_bars(
     Re-ingesting the same bars changes nothing; a vendor's corrected bar replaces the stored one.
     """
     now = _now()
-    stamps = pd.DatetimeIndex(bars["ts"]).tz_convert("UTC").to_pydatetime()
-    values = bars[FEATURES].to_numpy(dtype=np.float64)
-    rows = [
-        {"symbol": symbol, "interval": interval, "ts": ts, **dict(zip(FEATURES, map(float, row))), "ingested_at": now}
-        for ts, row in zip(stamps, values)
-    ]
+    frame = bars[["ts", *FEATURES]].astype({f: np.float64 for f in FEATURES})
+    frame["ts"] = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC")
+    frame = frame.assign(symbol=symbol, interval=interval, ingested_at=now)
     with engine.begin() as connection:
         upsert(
             connection,
@@ -55,7 +52,7 @@ def write_bars(
             ],
             ["symbol", "interval"],
         )
-        return upsert(connection, Bar.__table__, rows, ["symbol", "interval", "ts"])
+        return upsert_frame(connection, Bar.__table__, frame, ["symbol", "interval", "ts"])
 
 
 def read_bars(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, Table, create_engine, event, inspect
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Engine, Table, TypeDecorator, create_engine, event, inspect
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from kronos_tasks.settings import redact
 
@@ -89,21 +91,149 @@ def require_schema(engine: Engine) -> None:
         )
 
 
+def _copy_rows(connection: Connection, target: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """COPY ``rows`` into ``target`` (PostgreSQL), each value through its column type's bind processing."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.types.json import Json
+
+    dialect = connection.dialect
+    columns = list(table.columns)
+    processors = [Json if isinstance(c.type, JSON) else c.type.bind_processor(dialect) for c in columns]
+    cursor = connection.connection.driver_connection.cursor()
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(target), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    )
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                values = [row.get(c.name) for c in columns]
+                copy.write_row(
+                    [v if process is None or v is None else process(v) for v, process in zip(values, processors)]
+                )
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError(f"COPY {target}", None, exc) from exc
+    except psycopg.Error as exc:
+        raise DBAPIError(f"COPY {target}", None, exc) from exc
+
+
+def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert many rows in the caller's transaction: COPY on PostgreSQL, batched executemany elsewhere."""
+    if not rows:
+        return 0
+    if connection.dialect.name == "postgresql":
+        _copy_rows(connection, table.name, table, rows)
+    else:
+        for start in range(0, len(rows), CHUNK_ROWS):
+            connection.execute(table.insert(), list(rows[start : start + CHUNK_ROWS]))
+    return len(rows)
+
+
+def _upsert_from_staging(connection: Connection, table: Table, keys: list[str], load) -> None:
+    """PostgreSQL: ``load(staging_name)`` fills a temp copy of ``table``, then one INSERT ... ON CONFLICT moves it."""
+    from psycopg import sql
+
+    staging = f"staging_{table.name}"
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+    updated = [c.name for c in table.columns if c.name not in keys]
+    cursor = connection.connection.driver_connection.cursor()
+    cursor.execute(
+        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DROP").format(
+            sql.Identifier(staging), sql.Identifier(table.name)
+        )
+    )
+    load(staging)
+    cursor.execute(
+        sql.SQL(
+            "INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT ({keys}) DO UPDATE SET {sets}; "
+            "TRUNCATE {staging}"
+        ).format(
+            table=sql.Identifier(table.name),
+            names=names,
+            staging=sql.Identifier(staging),
+            keys=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+            sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updated),
+        )
+    )
+
+
+_ARRAY_TYPES = {str: "text[]", float: "float8[]", int: "int8[]", datetime: "timestamptz[]"}
+
+
+def _native_columns(frame: pd.DataFrame, names: list[str]) -> dict[str, list]:
+    """Each column as a list of native Python values (aware datetimes for timestamp columns)."""
+    out = {}
+    for name in names:
+        values = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            out[name] = list(values.dt.to_pydatetime())
+        else:
+            out[name] = values.tolist()
+    return out
+
+
+def upsert_frame(connection: Connection, table: Table, frame: pd.DataFrame, keys: Iterable[str]) -> int:
+    """``upsert`` for a frame holding every column of ``table`` (timestamps timezone-aware).
+
+    On PostgreSQL the columns travel as binary array parameters of one INSERT ... SELECT unnest(...) ON CONFLICT
+    statement; elsewhere as rows of batched executemany calls.
+    """
+    keys = list(keys)
+    names = [c.name for c in table.columns]
+    columns = _native_columns(frame, names)
+    if connection.dialect.name != "postgresql":
+        return upsert(connection, table, [dict(zip(names, row)) for row in zip(*columns.values())], keys)
+    from psycopg import sql
+
+    select, params = [], []
+    for column in table.columns:
+        values = columns[column.name]
+        if values and all(v == values[0] for v in values):
+            select.append(sql.Placeholder())  # a constant column (symbol, interval, ...) travels once
+            params.append(values[0])
+            continue
+        kind = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
+        cast = _ARRAY_TYPES.get(kind.python_type)
+        if cast is None:
+            raise DatabaseError(f"upsert_frame cannot send column {table.name}.{column.name} of type {column.type}.")
+        select.append(sql.SQL("unnest({}::{})").format(sql.Placeholder(), sql.SQL(cast)))
+        params.append(values)
+    updated = [n for n in names if n not in keys]
+    statement = sql.SQL("INSERT INTO {} ({}) SELECT {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.Identifier(table.name),
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(select),
+        sql.SQL(", ").join(map(sql.Identifier, keys)),
+        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updated),
+    )
+    import psycopg
+
+    try:  # binary parameters: arrays of numbers and times are packed, not formatted as text
+        connection.connection.driver_connection.cursor().execute(statement, params, binary=True)
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError(f"upsert {table.name}", None, exc) from exc
+    except psycopg.Error as exc:
+        raise DBAPIError(f"upsert {table.name}", None, exc) from exc
+    return len(frame)
+
+
 def upsert(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Iterable[str]) -> int:
     """Insert ``rows`` into ``table``, updating the other columns of rows whose ``keys`` already exist.
 
-    INSERT ... ON CONFLICT DO UPDATE, executed for many rows at once (SQLAlchemy batches them into
-    multi-row statements), in the caller's transaction.
+    INSERT ... ON CONFLICT DO UPDATE in the caller's transaction. On PostgreSQL the rows are first
+    COPYed into a temporary table dropped at commit; elsewhere they go in batched executemany calls.
     """
     keys = list(keys)
     dialect = connection.dialect.name
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
-    if insert is None:
+    if dialect not in ("sqlite", "postgresql"):
         raise DatabaseError(f"upserts support SQLite and PostgreSQL, not {dialect}.")
     if not rows:
         return 0
-    statement = insert(table)
+    if dialect == "postgresql":
+        _upsert_from_staging(connection, table, keys, lambda staging: _copy_rows(connection, staging, table, rows))
+        return len(rows)
     updated = [c.name for c in table.columns if c.name not in keys]
+    statement = sqlite.insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=keys, set_={name: statement.excluded[name] for name in updated}
     )

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
-from .db import upsert
+from .db import insert_rows, upsert
 from .models import Forecast, ForecastRun, ForecastScore, ModelDecision, StagedForecast, SymbolFailure
 
 FORECAST_COLUMNS = [c.name for c in Forecast.__table__.columns]
@@ -20,10 +20,7 @@ def stage_forecasts(engine: Engine, run_id: str, batch: str, rows: Sequence[dict
     now = datetime.now(timezone.utc)
     with engine.begin() as connection:
         connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id, StagedForecast.batch == batch))
-        if rows:
-            connection.execute(
-                StagedForecast.__table__.insert(), [{**row, "batch": batch, "staged_at": now} for row in rows]
-            )
+        insert_rows(connection, StagedForecast.__table__, [{**row, "batch": batch, "staged_at": now} for row in rows])
 
 
 def clear_staging(engine: Engine, run_id: str) -> None:
@@ -56,11 +53,8 @@ def persist_run(
                 select(func.count()).select_from(Forecast).where(Forecast.run_id == run_id)
             ).scalar_one()
         else:
-            written = len(forecasts)
-            if forecasts:
-                connection.execute(Forecast.__table__.insert(), list(forecasts))
-        if failures:
-            connection.execute(SymbolFailure.__table__.insert(), list(failures))
+            written = insert_rows(connection, Forecast.__table__, list(forecasts))
+        insert_rows(connection, SymbolFailure.__table__, list(failures))
     return written
 
 
