@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,kubernetes,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -38,31 +38,79 @@ def write_files(folder: Path) -> None:
         open_ = np.r_[close[0], close[:-1]]
         spread = np.abs(rng.normal(0, 0.002, BARS)) * close
         volume = rng.integers(100, 10000, BARS).astype(float)
-        pd.DataFrame({"timestamps": times, "open": open_, "high": np.maximum(open_, close) + spread,
-                      "low": np.minimum(open_, close) - spread, "close": close, "volume": volume,
-                      "amount": volume * close}).to_csv(folder / f"S{n:03d}_5min.csv", index=False)
+        pd.DataFrame(
+            {
+                "timestamps": times,
+                "open": open_,
+                "high": np.maximum(open_, close) + spread,
+                "low": np.minimum(open_, close) - spread,
+                "close": close,
+                "volume": volume,
+                "amount": volume * close,
+            }
+        ).to_csv(folder / f"S{n:03d}_5min.csv", index=False)
 
 
 def forecast_rows(run_id: str, symbols: range) -> list[dict]:
     origin = datetime(2024, 3, 1, 7, tzinfo=timezone.utc)
     return [
-        {"run_id": run_id, "symbol": f"S{n:03d}", "feature": feature, "step": step, "interval": "5min",
-         "origin_ts": origin, "target_ts": origin + timedelta(minutes=5 * step), "last_value": 10.0,
-         "mean": 10.0 + step * 1e-3, "quantiles": {"0.1": 9.9, "0.5": 10.0, "0.9": 10.1},
-         "prob_above_last": 0.5, "series_seed": n}
-        for n in symbols for feature in FEATURES for step in range(1, STEPS + 1)
+        {
+            "run_id": run_id,
+            "symbol": f"S{n:03d}",
+            "feature": feature,
+            "step": step,
+            "interval": "5min",
+            "origin_ts": origin,
+            "target_ts": origin + timedelta(minutes=5 * step),
+            "last_value": 10.0,
+            "mean": 10.0 + step * 1e-3,
+            "quantiles": {"0.1": 9.9, "0.5": 10.0, "0.9": 10.1},
+            "prob_above_last": 0.5,
+            "series_seed": n,
+        }
+        for n in symbols
+        for feature in FEATURES
+        for step in range(1, STEPS + 1)
     ]
 
 
 def run_row(run_id: str) -> dict:
     now = datetime.now(timezone.utc)
-    return {"run_id": run_id, "kind": "bench", "dag_id": None, "logical_date": now, "status": "success",
-            "started_at": now, "finished_at": now, "lookback": 384, "pred_len": STEPS, "temperature": 1.0,
-            "top_k": 0, "top_p": 0.9, "sample_count": 16, "quantiles": [0.1, 0.5, 0.9], "seed": 0, "max_context": 512,
-            "batch_size": 32, "device": "cpu", "model_name": "m", "model_version": "1", "model_sha256": "0" * 64,
-            "tokenizer_name": "t", "tokenizer_version": "1", "tokenizer_sha256": "0" * 64, "model_alias": None,
-            "mlflow_run_id": None, "data_window_hash": None, "code_version": "bench", "symbols_ok": SYMBOLS,
-            "symbols_failed": 0, "bars_per_second": None, "timings": {}, "extra": {}}
+    return {
+        "run_id": run_id,
+        "kind": "bench",
+        "dag_id": None,
+        "logical_date": now,
+        "status": "success",
+        "started_at": now,
+        "finished_at": now,
+        "lookback": 384,
+        "pred_len": STEPS,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 0.9,
+        "sample_count": 16,
+        "quantiles": [0.1, 0.5, 0.9],
+        "seed": 0,
+        "max_context": 512,
+        "batch_size": 32,
+        "device": "cpu",
+        "model_name": "m",
+        "model_version": "1",
+        "model_sha256": "0" * 64,
+        "tokenizer_name": "t",
+        "tokenizer_version": "1",
+        "tokenizer_sha256": "0" * 64,
+        "model_alias": None,
+        "mlflow_run_id": None,
+        "data_window_hash": None,
+        "code_version": "bench",
+        "symbols_ok": SYMBOLS,
+        "symbols_failed": 0,
+        "bars_per_second": None,
+        "timings": {},
+        "extra": {},
+    }
 
 
 def measure(url: str, files: Path) -> dict:
@@ -92,8 +140,11 @@ def measure(url: str, files: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-                        help="admin URL of a PostgreSQL server; a scratch database is created and dropped")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="admin URL of a PostgreSQL server; a scratch database is created and dropped",
+    )
     args = parser.parse_args()
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -113,12 +164,16 @@ def main() -> None:
         finally:
             with admin.connect() as connection:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    print(f"| database | ingest {SYMBOLS} x {BARS} bars (files to rows) | again (all updates) | "
-          f"stage {SYMBOLS} x {STEPS} x 6 forecasts (16 batches) | persist the run (one transaction) |")
+    print(
+        f"| database | ingest {SYMBOLS} x {BARS} bars (files to rows) | again (all updates) | "
+        f"stage {SYMBOLS} x {STEPS} x 6 forecasts (16 batches) | persist the run (one transaction) |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for database, r in results.items():
-        print(f"| {database} | {r['ingest_s']:.1f} s | {r['reingest_s']:.1f} s | {r['stage_s']:.1f} s | "
-              f"{r['persist_s']:.1f} s |")
+        print(
+            f"| {database} | {r['ingest_s']:.1f} s | {r['reingest_s']:.1f} s | {r['stage_s']:.1f} s | "
+            f"{r['persist_s']:.1f} s |"
+        )
 
 
 if __name__ == "__main__":

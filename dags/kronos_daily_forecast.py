@@ -11,15 +11,14 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, Variable, dag, get_current_context, task
 
-from kronos_tasks.settings import load
+from kronos_tasks.settings import gpu_task_arguments, load
 
 SETTINGS = load()  # environment only: no database, network or model work at import time
 
 FORECAST_TASK = {
-    "queue": SETTINGS.gpu_queue,
-    "pool": SETTINGS.gpu_pool,
+    **gpu_task_arguments(SETTINGS),
     "retries": 3,
-    "retry_delay": timedelta(seconds=30),
+    "retry_delay": timedelta(seconds=SETTINGS.forecast_retry_delay),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(hours=2),
@@ -28,7 +27,7 @@ FORECAST_TASK = {
 
 @dag(
     dag_id="kronos_daily_forecast",
-    schedule=CronTriggerTimetable(SETTINGS.schedule, timezone=SETTINGS.timezone),
+    schedule=CronTriggerTimetable(SETTINGS.schedule, timezone=SETTINGS.timezone) if SETTINGS.schedule else None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -119,7 +118,7 @@ def kronos_daily_forecast():
 
         return tracking.log_run(run, pinned, summary)
 
-    @task
+    @task(retries=0)  # the verdict on stored results: retrying cannot change it
     def finish(summary: dict, mlflow_run_id: str) -> dict:
         from kronos_tasks.pipeline import daily
 

@@ -14,12 +14,11 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kronos_tasks.settings import load
+from kronos_tasks.settings import gpu_task_arguments, load
 
 SETTINGS = load()
 BACKTEST_TASK = {
-    "queue": SETTINGS.gpu_queue,
-    "pool": SETTINGS.gpu_pool,
+    **gpu_task_arguments(SETTINGS),
     "retries": 1,
     "execution_timeout": timedelta(hours=2),
 }

@@ -40,11 +40,13 @@ VARIABLES: tuple[Setting, ...] = (
     Setting("KRONOS_DATA_DIR", "folder of CSV/Parquet bars the daily DAG ingests (default: the bundled samples)"),
     Setting("KRONOS_WATCHLIST", "watchlist file, YAML or JSON (default: the bundled sample watchlist)"),
     Setting("KRONOS_DEVICE", "torch device for forecasts: auto, cpu, cuda, cuda:1, ...", "auto"),
-    Setting("KRONOS_SCHEDULE", "cron of the daily forecast", "30 17 * * 1-5"),
+    Setting("KRONOS_SCHEDULE", "cron of the daily forecast; `none`: triggered runs only", "30 17 * * 1-5"),
     Setting("KRONOS_TIMEZONE", "timezone of the daily schedule", "America/New_York"),
     Setting("KRONOS_GPU_QUEUE", "Airflow queue of forecast tasks", "gpu"),
     Setting("KRONOS_GPU_POOL", "Airflow pool of forecast tasks", "gpu"),
     Setting("KRONOS_GPU_POOL_SLOTS", "slots of the forecast pool created by `kronos-flow init`", "1"),
+    Setting("KRONOS_GPU_POD_TEMPLATE", "KubernetesExecutor pod template file of GPU tasks (empty: none)", ""),
+    Setting("KRONOS_FORECAST_RETRY_DELAY", "seconds before a failed forecast task retries (then backing off)", "30"),
     Setting("KRONOS_BATCH_SIZE", "series decoded together in one forecast batch", "32"),
     Setting("KRONOS_MAX_FAILED_SHARE", "share of failed symbols above which a daily run fails", "0.2"),
 )
@@ -65,11 +67,13 @@ class Settings:
     data_dir: Path
     watchlist: Path
     device: str
-    schedule: str
+    schedule: str | None
     timezone: str
     gpu_queue: str
     gpu_pool: str
     gpu_pool_slots: int
+    gpu_pod_template: str
+    forecast_retry_delay: int
     batch_size: int
     max_failed_share: float
 
@@ -101,11 +105,13 @@ class Settings:
             data_dir=Path(get("KRONOS_DATA_DIR") or package / "sample_data").expanduser(),
             watchlist=Path(get("KRONOS_WATCHLIST") or package / "sample_data" / "watchlist.yaml").expanduser(),
             device=get("KRONOS_DEVICE"),
-            schedule=get("KRONOS_SCHEDULE"),
+            schedule=None if get("KRONOS_SCHEDULE").lower() == "none" else get("KRONOS_SCHEDULE"),
             timezone=get("KRONOS_TIMEZONE"),
             gpu_queue=get("KRONOS_GPU_QUEUE"),
             gpu_pool=get("KRONOS_GPU_POOL"),
             gpu_pool_slots=_positive_int("KRONOS_GPU_POOL_SLOTS", get("KRONOS_GPU_POOL_SLOTS")),
+            gpu_pod_template=get("KRONOS_GPU_POD_TEMPLATE") or "",
+            forecast_retry_delay=_positive_int("KRONOS_FORECAST_RETRY_DELAY", get("KRONOS_FORECAST_RETRY_DELAY")),
             batch_size=_positive_int("KRONOS_BATCH_SIZE", get("KRONOS_BATCH_SIZE")),
             max_failed_share=_share("KRONOS_MAX_FAILED_SHARE", get("KRONOS_MAX_FAILED_SHARE")),
         )
@@ -156,3 +162,11 @@ def redact(text: str) -> str:
 
 def load() -> Settings:
     return Settings.from_env()
+
+
+def gpu_task_arguments(settings: Settings) -> dict:
+    """Operator arguments that route a task to the GPU workers: queue and pool, and the pod template if set."""
+    arguments = {"queue": settings.gpu_queue, "pool": settings.gpu_pool}
+    if settings.gpu_pod_template:
+        arguments["executor_config"] = {"pod_template_file": settings.gpu_pod_template}
+    return arguments

@@ -32,8 +32,9 @@ def cli(env, *args, ok=True):
 def test_register_promote_resolve_in_another_process_and_roll_back(home, tmp_path):
     cli(home, "init")
     cli(home, "random-pair", tmp_path / "one", "--seed", "1")
-    out = cli(home, "register", "--tokenizer", tmp_path / "one/tokenizer", "--model", tmp_path / "one/model",
-              "--untrained").stdout
+    out = cli(
+        home, "register", "--tokenizer", tmp_path / "one/tokenizer", "--model", tmp_path / "one/model", "--untrained"
+    ).stdout
     assert "registered kronos-model version 1 with kronos-tokenizer version 1" in out
     assert "@champion" in cli(home, "promote", "1").stdout
     # Another process resolves @champion to the pinned pair, loads it and forecasts.
@@ -47,15 +48,38 @@ def test_register_promote_resolve_in_another_process_and_roll_back(home, tmp_pat
     version, tokenizer_version, sha, layers = resolved.stdout.split()
     assert (version, tokenizer_version, layers) == ("1", "1", "2") and len(sha) == 64
     forecast = tmp_path / "forecast.csv"
-    cli(home, "forecast", SAMPLE_DATA / "a_share_5min.csv", "--out", forecast, "--exchange", "XSHG",
-        "--pred-len", "12", "--sample-count", "4", "--model", "champion")
+    cli(
+        home,
+        "forecast",
+        SAMPLE_DATA / "a_share_5min.csv",
+        "--out",
+        forecast,
+        "--exchange",
+        "XSHG",
+        "--pred-len",
+        "12",
+        "--sample-count",
+        "4",
+        "--model",
+        "champion",
+    )
     frame = pd.read_csv(forecast)
     assert len(frame) == 12 and {"close", "close_q0.1", "close_q0.9", "target_local"} <= set(frame.columns)
     assert frame["target_local"].iloc[0] == "2024-08-29 13:05:00"  # after the lunch break
 
     cli(home, "random-pair", tmp_path / "two", "--seed", "2")
-    cli(home, "register", "--tokenizer", tmp_path / "two/tokenizer", "--model", tmp_path / "two/model",
-        "--alias", "champion", "--reason", "second try")
+    cli(
+        home,
+        "register",
+        "--tokenizer",
+        tmp_path / "two/tokenizer",
+        "--model",
+        tmp_path / "two/model",
+        "--alias",
+        "champion",
+        "--reason",
+        "second try",
+    )
     assert "-> 1 (rolled back)" in cli(home, "rollback", "--reason", "bad").stdout
     listing = cli(home, "models").stdout
     assert "@champion" in listing.splitlines()[1] and "UNTRAINED" in listing
@@ -83,14 +107,26 @@ def test_ingest_prints_the_report_and_is_idempotent(home, tmp_path):
     code = "from kronos_tasks.pipeline import runtime; from kronos_tasks.storage import bar_count; print(bar_count(runtime.engine()))"
     count = subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True).stdout
     cli(home, "ingest", SAMPLE_DATA / "GOOG_1d.csv", "--exchange", "XNYS")
-    assert subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True).stdout == count
+    assert (
+        subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True).stdout
+        == count
+    )
 
 
 def test_backtest_over_a_hundred_origins_for_a_model_and_the_baseline(home, tmp_path):
     cli(home, "ingest", SAMPLE_DATA / "a_share_5min.csv", "--exchange", "XSHG")
     cli(home, "random-pair", tmp_path / "pair")
-    cli(home, "register", "--tokenizer", tmp_path / "pair/tokenizer", "--model", tmp_path / "pair/model",
-        "--alias", "champion", "--untrained")
+    cli(
+        home,
+        "register",
+        "--tokenizer",
+        tmp_path / "pair/tokenizer",
+        "--model",
+        tmp_path / "pair/model",
+        "--alias",
+        "champion",
+        "--untrained",
+    )
     common = ["--symbols", "a_share", "--origins", "100", "--stride", "5", "--pred-len", "6", "--lookback", "96"]
     model = cli(home, "backtest", *common, "--sample-count", "8", "--out", tmp_path / "bt.csv").stdout
     assert model.startswith("100 origins, 600 points")
