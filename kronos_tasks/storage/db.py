@@ -184,6 +184,7 @@ def upsert_frame(connection: Connection, table: Table, frame: pd.DataFrame, keys
     if connection.dialect.name != "postgresql":
         return upsert(connection, table, [dict(zip(names, row)) for row in zip(*columns.values())], keys)
     from psycopg import sql
+    from psycopg.adapt import PyFormat
 
     select, params = [], []
     for column in table.columns:
@@ -196,7 +197,8 @@ def upsert_frame(connection: Connection, table: Table, frame: pd.DataFrame, keys
         cast = _ARRAY_TYPES.get(kind.python_type)
         if cast is None:
             raise DatabaseError(f"upsert_frame cannot send column {table.name}.{column.name} of type {column.type}.")
-        select.append(sql.SQL("unnest({}::{})").format(sql.Placeholder(), sql.SQL(cast)))
+        # %b: the array travels in binary (packed numbers and times); %s would format and quote it as text.
+        select.append(sql.SQL("unnest({}::{})").format(sql.Placeholder(format=PyFormat.BINARY), sql.SQL(cast)))
         params.append(values)
     updated = [n for n in names if n not in keys]
     statement = sql.SQL("INSERT INTO {} ({}) SELECT {} ON CONFLICT ({}) DO UPDATE SET {}").format(
@@ -208,8 +210,8 @@ def upsert_frame(connection: Connection, table: Table, frame: pd.DataFrame, keys
     )
     import psycopg
 
-    try:  # binary parameters: arrays of numbers and times are packed, not formatted as text
-        connection.connection.driver_connection.cursor().execute(statement, params, binary=True)
+    try:
+        connection.connection.driver_connection.cursor().execute(statement, params)
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"upsert {table.name}", None, exc) from exc
     except psycopg.Error as exc:
