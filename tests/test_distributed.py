@@ -188,6 +188,8 @@ def stack(tmp_path, postgres_admin_url):
     import redis
 
     redis.Redis(host=REDIS[0], port=REDIS[1], db=redis_db).flushdb()
+    # A SIGTERM to pytest (a CI timeout) becomes KeyboardInterrupt, so the finally below still stops the stack.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start(
             "mlflow",
@@ -208,15 +210,7 @@ def stack(tmp_path, postgres_admin_url):
         )
         stack.run([str(BIN / "airflow"), "db", "migrate"])
         stack.run([str(BIN / "airflow"), "pools", "set", "gpu", "2", "forecast tasks"])
-        wait_for(
-            "the MLflow server",
-            lambda: (
-                Api(f"http://127.0.0.1:{mlflow_port}", "", "").base
-                and _healthy(f"http://127.0.0.1:{mlflow_port}/health")
-            ),
-            120,
-            stack,
-        )
+        wait_for("the MLflow server", lambda: _healthy(f"http://127.0.0.1:{mlflow_port}/health"), 120, stack)
         stack.run([str(BIN / "kronos-flow"), "init"])
         pair = write_random_pair(tmp_path / "pair", "Kronos-small", seed=3)
         stack.run(
@@ -245,6 +239,11 @@ def stack(tmp_path, postgres_admin_url):
         redis.Redis(host=REDIS[0], port=REDIS[1], db=redis_db).flushdb()
         for drop in drops:
             drop()
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _healthy(url: str) -> bool:
