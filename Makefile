@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/kronos-flow demo
 
 bench: install
-	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/decode.py --json bench/results/decode-cpu.json
 
 lint: install
 	$(BIN)/ruff check kronos_tasks dags tests bench

@@ -29,8 +29,8 @@ def _onednn_packing_works() -> bool:
 
 
 # Float32 products on the CPU go through oneDNN with a prepacked weight when this build has it: for the
-# few rows of a decoding step that is about twice as fast as the default BLAS on the CPUs we measured
-# (bench/RESULTS.md). Results differ from the BLAS ones by float32 rounding only (~1e-6 relative).
+# few rows of a decoding step it is up to twice as fast as the default BLAS, and never much slower, on the
+# CPUs we measured (bench/RESULTS.md). Results differ from the BLAS ones by float32 rounding only (~1e-6 relative).
 ONEDNN_PACKED_LINEAR = torch.backends.mkldnn.is_available() and _onednn_packing_works()
 
 
