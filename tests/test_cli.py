@@ -95,6 +95,19 @@ def test_registry_errors_are_one_clear_line(home, tmp_path):
     assert result.returncode == 1 and "does not exist" in result.stderr
 
 
+def test_bad_sampling_options_are_one_clear_line(home, tmp_path):
+    csv = SAMPLE_DATA / "a_share_5min.csv"
+    base = ("forecast", csv, "--out", tmp_path / "f.csv", "--exchange", "XSHG")
+    result = cli(home, *base, "--quantiles", "0.1,half", ok=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --quantiles must be comma-separated numbers such as 0.1,0.5,0.9, got '0.1,half'."
+    )
+    result = cli(home, *base, "--top-p", "1.5", ok=False)
+    assert result.returncode == 1 and "top_p" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "f.csv").exists()
+
+
 def test_ingest_prints_the_report_and_is_idempotent(home, tmp_path):
     bad = pd.read_csv(SAMPLE_DATA / "a_share_5min.csv").iloc[:60]
     bad.loc[5, "high"] = 1.0  # row 6: high below open/close

@@ -259,18 +259,7 @@ def backtest_command(args) -> int:
 
     settings = runtime.settings()
     engine = runtime.engine()
-    params = ForecastParams.from_dict(
-        {
-            "pred_len": args.pred_len,
-            "lookback": args.lookback,
-            "T": args.T,
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "sample_count": args.sample_count,
-            "quantiles": [float(q) for q in args.quantiles.split(",")],
-            "seed": args.seed,
-        }
-    )
+    params = ForecastParams.from_options(args)
     items = items_from(engine, args.symbols, load_watchlist(settings.watchlist))
     predictor, label, max_context = None, "persistence only", 512
     if not args.baseline:

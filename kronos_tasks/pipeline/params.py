@@ -46,6 +46,18 @@ class ForecastParams:
         params.check()
         return params
 
+    @classmethod
+    def from_options(cls, options: Any) -> ForecastParams:
+        """From the sampling options of a ``kronos-flow`` command, ``--quantiles`` given as ``0.1,0.5,0.9``."""
+        try:
+            quantiles = [float(q) for q in options.quantiles.split(",")]
+        except ValueError:
+            raise ParamsError(
+                f"--quantiles must be comma-separated numbers such as 0.1,0.5,0.9, got {options.quantiles!r}."
+            ) from None
+        names = ("pred_len", "lookback", "T", "top_k", "top_p", "sample_count", "seed")
+        return cls.from_dict({**{name: getattr(options, name) for name in names}, "quantiles": quantiles})
+
     def check(self, max_context: int | None = None) -> None:
         def integer(name: str, low: int) -> None:
             value = getattr(self, name)

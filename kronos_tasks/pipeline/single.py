@@ -36,18 +36,7 @@ def forecast_csv(args) -> Path:
     settings = runtime.settings()
     zone = exchange_timezone(args.exchange)
     series = read_series(Path(args.csv), zone, interval=Interval.parse(args.interval) if args.interval else None)
-    params = ForecastParams.from_dict(
-        {
-            "pred_len": args.pred_len,
-            "lookback": args.lookback,
-            "T": args.T,
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "sample_count": args.sample_count,
-            "quantiles": [float(q) for q in args.quantiles.split(",")],
-            "seed": args.seed,
-        }
-    )
+    params = ForecastParams.from_options(args)
     device = runtime.torch_device(args.device or settings.device)
     if args.checkpoints:
         tokenizer = KronosTokenizer.from_pretrained(args.checkpoints[0], device)
