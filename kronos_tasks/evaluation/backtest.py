@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from kronos_tasks.data import FEATURES, DataError
 from kronos_tasks.inference import KronosPredictor, derive_seed
+from kronos_tasks.pipeline.forecasting import predict_series
 from kronos_tasks.pipeline.params import ForecastParams, WatchItem
 from kronos_tasks.storage import read_bars
 
@@ -93,20 +94,14 @@ def run_backtest(
     """Forecast every origin (unless ``predictor`` is None: baselines only) and score close against the outcome."""
     forecasts = None
     if predictor is not None:
-        forecasts = predictor.predict_batch(
+        forecasts = predict_series(
+            predictor,
+            params,
             [o.history[FEATURES] for o in origins],
             [_local(o.history["ts"], o.item.timezone) for o in origins],
             [_local(o.actual["ts"], o.item.timezone) for o in origins],
-            params.pred_len,
-            T=params.T,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            sample_count=params.sample_count,
-            verbose=True,
-            seed=[o.seed for o in origins],
-            quantiles=params.quantiles,
-            return_samples=True,
-            _labels=[f"{o.item.symbol}@{o.history['ts'].iloc[-1]}" for o in origins],
+            seeds=[o.seed for o in origins],
+            labels=[f"{o.item.symbol}@{o.history['ts'].iloc[-1]}" for o in origins],
         )
     rows = []
     for k, origin in enumerate(origins):

@@ -62,20 +62,14 @@ def predict_windows(
     failed: dict[str, str] = {}
 
     def run(group: list[Window]) -> list[Forecast]:
-        return predictor.predict_batch(
+        return predict_series(
+            predictor,
+            params,
             [w.bars[FEATURES] for w in group],
             [w.local(w.bars["ts"]) for w in group],
             [w.local(w.future) for w in group],
-            params.pred_len,
-            T=params.T,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            sample_count=params.sample_count,
-            verbose=True,
-            seed=[derive_seed(run_seed, w.symbol) for w in group],
-            quantiles=params.quantiles,
-            return_samples=True,
-            _labels=[w.symbol for w in group],
+            seeds=[derive_seed(run_seed, w.symbol) for w in group],
+            labels=[w.symbol for w in group],
         )
 
     for start in range(0, len(windows), params.batch_size):
@@ -130,3 +124,31 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
         return frame
     quantiles = pd.DataFrame(list(frame.pop("quantiles"))).add_prefix("q")
     return pd.concat([frame.reset_index(drop=True), quantiles], axis=1)
+
+
+def predict_series(
+    predictor: KronosPredictor,
+    params: ForecastParams,
+    bars: list[pd.DataFrame],
+    past: list[pd.Series],
+    future: list[pd.Series],
+    seeds: list[int],
+    labels: list[str],
+) -> list[Forecast]:
+    """Forecast several series in one call with ``params``' sampling settings, one seed per series;
+    each ``Forecast`` carries the mean, the quantiles and the sample paths."""
+    return predictor.predict_batch(
+        bars,
+        past,
+        future,
+        params.pred_len,
+        T=params.T,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        sample_count=params.sample_count,
+        verbose=True,
+        seed=seeds,
+        quantiles=params.quantiles,
+        return_samples=True,
+        _labels=labels,
+    )
