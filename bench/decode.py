@@ -197,8 +197,9 @@ def run_one(config: dict) -> dict:
             for i in chosen:
                 start = _clock(device)
                 u = torch.rand(rows, device=device)
-                sample_from_logits(steps.s1_logits(i), params, u)
-                sample_from_logits(steps.s2_logits(s1[:, i], i), params, u)
+                s1_logits, s2_input = steps.s1_logits(i)
+                sample_from_logits(s1_logits, params, u)
+                sample_from_logits(steps.s2_logits(s2_input, s1[:, i], i), params, u)
                 times.append(_clock(device) - start)
             start = _clock(device)
             gen.decode_tokens(tokenizer, batch, s1, s2, samples, "full")

@@ -41,7 +41,8 @@ def teacher_forced_logits(stepper_cls, model, batch, samples, tokens):
     out = []
     with torch.inference_mode():
         for i in range(batch.pred_len):
-            out.append((steps.s1_logits(i).clone(), steps.s2_logits(s1[:, i], i).clone()))
+            s1_logits, s2_input = steps.s1_logits(i)
+            out.append((s1_logits.clone(), steps.s2_logits(s2_input, s1[:, i], i).clone()))
     return out
 
 

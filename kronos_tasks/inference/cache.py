@@ -4,6 +4,11 @@ The context ("prefix") of a series is the same for all of its S sample paths, so
 are computed once and kept once: [N, H, P, hd]. What the paths generate differs, so it lives in a
 preallocated per-path "suffix": [N, H, S, C, hd]. Attention of a path's query runs over its series'
 prefix and its own suffix in one softmax, which is exactly attention over the concatenated window.
+
+A cache is used in two moves, as an ``attend`` of the attention layer it belongs to (see
+``kronos_tasks.model.layers.Attend``): ``prefill`` runs the context's causal self-attention and keeps
+its keys and values as the prefix; ``extend`` stores the keys and values of new positions in the
+suffix and attends over prefix and suffix. ``attend`` reads the cache without writing to it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 
 import torch
 
-from kronos_tasks.model.layers import Attend
+from kronos_tasks.model.layers import Attention, causal_attend
 
 # Attention scores held at once when many queries attend together (about 16 MB in float32).
 SCORES_PER_GROUP = 4_000_000
@@ -22,45 +27,83 @@ SCORES_PER_GROUP = 4_000_000
 class SharedPrefixKV:
     """Keys and values of one attention layer: a shared prefix per series and S suffixes per series.
 
-    ``prefix_valid`` [N, P] marks the prefix positions inside the window (None: all of them). Suffix
-    slots are written before they are read, so they start uninitialised; ``reuse`` hands over the suffix
-    buffers of a cache this one replaces (same shapes), which avoids touching fresh memory again.
+    All memory is allocated up front. Suffix slots are written before they are read, so they start
+    uninitialised. ``set_prefix_valid`` says which prefix columns lie inside each series' window
+    (left padding and slid-out tokens are outside); it applies to the next ``prefill`` and every
+    attention after it.
     """
 
     def __init__(
         self,
-        prefix_k: torch.Tensor,
-        prefix_v: torch.Tensor,
-        prefix_valid: torch.Tensor | None,
+        series: int,
+        heads: int,
+        prefix_len: int,
+        head_dim: int,
         samples: int,
         capacity: int,
-        reuse: SharedPrefixKV | None = None,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
     ):
-        n, heads, _, head_dim = prefix_k.shape
         self.samples = samples
         self.scale = 1.0 / math.sqrt(head_dim)
-        # Keys transposed and both contiguous: the per-step products then read them in place (the
-        # projections come out as head-split views).
-        self.prefix_kt = prefix_k.transpose(-1, -2).contiguous()  # [N, H, hd, P]
-        self.prefix_v = prefix_v.contiguous()  # [N, H, P, hd]
+        # Keys are kept transposed, so the per-step products read both tensors in place.
+        self.prefix_kt = torch.empty(series, heads, head_dim, prefix_len, dtype=dtype, device=device)  # [N, H, hd, P]
+        self.prefix_v = torch.empty(series, heads, prefix_len, head_dim, dtype=dtype, device=device)  # [N, H, P, hd]
+        shape = (series, heads, samples, capacity, head_dim)
+        self.suffix_k = torch.empty(shape, dtype=dtype, device=device)  # [N, H, S, C, hd]
+        self.suffix_v = torch.empty(shape, dtype=dtype, device=device)
+        self.prefix_valid: torch.Tensor | None = None  # [N, P] True = inside the window; None: all columns
+        self.prefix_bias: torch.Tensor | None = None  # [N, 1, 1, 1, P]: 0 inside the window, -inf outside
+
+    @classmethod
+    def for_layer(
+        cls, attention: Attention, series: int, prefix_len: int, samples: int, capacity: int
+    ) -> SharedPrefixKV:
+        """A cache shaped for ``attention``'s heads, in the dtype and on the device of its weights."""
+        weight = attention.q_proj.weight
+        return cls(
+            series,
+            attention.n_heads,
+            prefix_len,
+            attention.head_dim,
+            samples,
+            capacity,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def set_prefix_valid(self, valid: torch.Tensor | None) -> None:
+        """Mark the prefix columns inside each series' window (``valid`` [N, P]; None: all of them)."""
+        self.prefix_valid = valid
         self.prefix_bias = None
-        if prefix_valid is not None:
-            bias = torch.zeros(prefix_valid.shape, dtype=prefix_k.dtype, device=prefix_k.device)
-            self.prefix_bias = bias.masked_fill_(~prefix_valid, float("-inf"))[:, None, None, None, :]
-        shape = (n, heads, samples, capacity, head_dim)
-        if reuse is not None and reuse.suffix_k.shape == shape and reuse.suffix_k.dtype == prefix_k.dtype:
-            self.suffix_k, self.suffix_v = reuse.suffix_k, reuse.suffix_v
-        else:
-            self.suffix_k = prefix_k.new_empty(shape)  # [N, H, S, C, hd]
-            self.suffix_v = prefix_k.new_empty(shape)
+        if valid is not None:
+            bias = torch.zeros(valid.shape, dtype=self.prefix_v.dtype, device=valid.device)
+            self.prefix_bias = bias.masked_fill_(~valid, float("-inf"))[:, None, None, None, :]
 
     def series(self, part: slice) -> SharedPrefixKV:
-        """The cache of a contiguous range of series, sharing this cache's memory."""
+        """The cache of a contiguous range of series, sharing this cache's memory (writes go through)."""
         view = copy.copy(self)
         view.prefix_kt, view.prefix_v = self.prefix_kt[part], self.prefix_v[part]
         view.suffix_k, view.suffix_v = self.suffix_k[part], self.suffix_v[part]
+        view.prefix_valid = None if self.prefix_valid is None else self.prefix_valid[part]
         view.prefix_bias = None if self.prefix_bias is None else self.prefix_bias[part]
         return view
+
+    def set_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep keys and values [N, H, P, hd] of the series' contexts as the shared prefix."""
+        self.prefix_kt.copy_(k.transpose(-1, -2))
+        self.prefix_v.copy_(v)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention of the contexts [N, H, P, hd] inside their windows; keeps k and v as the prefix."""
+        self.set_prefix(k, v)
+        return causal_attend(self.prefix_valid)(q, k, v)
+
+    def extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        """Store keys and values [N*S, H, T, hd] of T new positions at suffix slots start.., attend causally."""
+        self.write(k, v, start)
+        return self.attend(q, start + k.shape[2], causal_start=start)
 
     def _by_series(self, x: torch.Tensor) -> torch.Tensor:
         """[N*S, H, T, hd] -> [N, H, S, T, hd] (a view)."""
@@ -113,22 +156,3 @@ class SharedPrefixKV:
         out = (flat_probs @ self.prefix_v).view(n, heads, samples, length, head_dim)
         out = out + probs[..., prefix_len:] @ suffix_v  # [N, H, S, T, hd]
         return out.transpose(1, 2).reshape(n * samples, heads, length, head_dim)
-
-    def extend_attend(self, start: int) -> Attend:
-        """An ``attend`` for T new positions at suffix slots start..: stores their keys, attends causally."""
-
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.write(k, v, start)
-            return self.attend(q, start + k.shape[2], causal_start=start)
-
-        return attend
-
-
-def capture_attend(attend: Attend, store: list, index: int) -> Attend:
-    """Wrap ``attend`` so that the keys and values it sees are kept in ``store[index]``."""
-
-    def wrapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        store[index] = (k, v)
-        return attend(q, k, v)
-
-    return wrapped

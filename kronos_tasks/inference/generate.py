@@ -19,14 +19,16 @@ first token, so each series gets what it would get alone.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from kronos_tasks.model import Kronos, KronosTokenizer
-from kronos_tasks.model.layers import causal_attend, positions_from_mask
+from kronos_tasks.model.layers import positions_from_mask
 
-from .cache import SharedPrefixKV, capture_attend
+from .cache import SharedPrefixKV
 from .sampling import SamplingParams, sample_from_logits, stream_keys, uniforms
 
 DECODING_METHODS = ("cached", "full")
@@ -126,63 +128,69 @@ class _Generated:
     stamps: torch.Tensor  # [N*S, pred_len, 5] time features of the generated bars
 
 
+class S2Input(NamedTuple):
+    """What the s2 logits of a step read besides its s1: the contexts the step's s1 logits came from."""
+
+    context: torch.Tensor  # [N*S, L, D]: the whole window (full recompute) or its last position (cached)
+    padding: torch.Tensor | None = None  # [N*S, L] True = padded, for the full window only
+
+
 class _CachedSteps:
-    """Cached decoding: prefill the context once per series, then one token per path and step."""
+    """Cached decoding: prefill the context once per series, then one token per path and step.
+
+    One cache per Transformer block and one for the dependency layer (its keys and values are
+    projections of the contexts), allocated once with room for every generated token.
+    """
 
     def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: _Generated):
         self.model, self.batch, self.samples, self.generated = model, batch, samples, generated
-        self.layers: list[SharedPrefixKV | None] = [None] * len(model.transformer)
-        self.s2_cache: SharedPrefixKV | None = None
+        series, width = batch.s1.shape
+        self.layers = [
+            SharedPrefixKV.for_layer(attention, series, width, samples, batch.pred_len)
+            for attention in [block.self_attn for block in model.transformer] + [model.dep_layer.cross_attn]
+        ]
+        self.visible: list[int] = []
 
-    def s1_logits(self, step: int) -> torch.Tensor:
+    def s1_logits(self, step: int) -> tuple[torch.Tensor, S2Input]:
         """s1 logits [N*S, V1] for the token at ``step``, from the tokens generated before it."""
         g = self.generated
         if step == 0:
-            self._prefill(self.batch.visible(0))
-        elif self.batch.visible(step) != self.visible:  # the window slid: rebuild the cache
+            return self._prefill(self.batch.visible(0))
+        if self.batch.visible(step) != self.visible:  # the window slid: rebuild the cache
             self._prefill(self.batch.visible(step))
-            self._extend(g.s1[:, :step], g.s2[:, :step], g.stamps[:, :step], start=0)
-        else:
-            self._extend(
-                g.s1[:, step - 1 : step], g.s2[:, step - 1 : step], g.stamps[:, step - 1 : step], start=step - 1
-            )
-        return self.logits
+            return self._extend(g.s1[:, :step], g.s2[:, :step], g.stamps[:, :step], start=0)
+        last = slice(step - 1, step)
+        return self._extend(g.s1[:, last], g.s2[:, last], g.stamps[:, last], start=step - 1)
 
-    def s2_logits(self, s1: torch.Tensor, step: int) -> torch.Tensor:
+    def s2_logits(self, state: S2Input, s1: torch.Tensor, step: int) -> torch.Tensor:
         """s2 logits [N*S, V2] for the token at ``step`` given its sampled s1 [N*S]."""
-        attended = self.s2_cache.attend(self.model.s2_query(s1[:, None]), end=step)
-        return self.model.s2_logits(self.last_context, attended)[:, -1]
+        attended = self.layers[-1].attend(self.model.s2_query(s1[:, None]), end=step)
+        return self.model.s2_logits(state.context, attended)[:, -1]
 
-    def _prefill(self, visible: list[int]) -> None:
+    def _prefill(self, visible: list[int]) -> tuple[torch.Tensor, S2Input]:
+        """Run the history window of every series once, filling the caches' prefixes."""
         model, batch, samples = self.model, self.batch, self.samples
         self.visible = visible
         width = batch.s1.shape[1]
         valid = batch.valid_columns(visible)
-        padded = None if min(visible) == width else valid
-        keys: list[list] = [[] for _ in range(len(self.layers) + 1)]  # per layer, then the s2 layer
+        for layer in self.layers:
+            layer.set_prefix_valid(None if min(visible) == width else valid)
         last = []
         for part in series_groups(len(visible), width):
             rope = model.rope(positions_from_mask(valid[part], len(valid[part]), width, valid.device))
-            store: list = [None] * len(self.layers)
-            attend = causal_attend(None if padded is None else padded[part])
-            attends = [capture_attend(attend, store, i) for i in range(len(store))]
-            context = model.context(model.embed(batch.s1[part], batch.s2[part], batch.stamps[part]), rope, attends)
-            for layer_keys, kv in zip(keys, store + [model.s2_keys_values(context)]):
-                layer_keys.append(kv)
+            layers = [layer.series(part) for layer in self.layers]
+            x = model.embed(batch.s1[part], batch.s2[part], batch.stamps[part])
+            context = model.context(x, rope, [layer.prefill for layer in layers[:-1]])  # [n, P, D]
+            layers[-1].set_prefix(*model.dep_layer.keys_values(context))
             last.append(context[:, -1])
-        caches = [
-            SharedPrefixKV(
-                torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs]), padded, samples, batch.pred_len, reuse
-            )
-            for kvs, reuse in zip(keys, self.layers + [self.s2_cache])
-        ]
-        self.layers, self.s2_cache = caches[:-1], caches[-1]
         last_context = torch.cat(last)  # [N, D]
-        self.last_context = last_context.repeat_interleave(samples, dim=0)[:, None]  # [N*S, 1, D]
-        self.logits = model.head(last_context).repeat_interleave(samples, dim=0)  # [N*S, V1]
         self.visible_rows = torch.tensor(visible, device=valid.device).repeat_interleave(samples)[:, None]
+        logits = model.head(last_context).repeat_interleave(samples, dim=0)  # [N*S, V1]
+        return logits, S2Input(last_context.repeat_interleave(samples, dim=0)[:, None])  # [N*S, 1, D]
 
-    def _extend(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor, start: int) -> None:
+    def _extend(
+        self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, S2Input]:
         """Feed generated tokens [N*S, T] at cache slots start..start+T-1."""
         model, samples = self.model, self.samples
         length = s1.shape[1]
@@ -191,17 +199,16 @@ class _CachedSteps:
         groups = series_groups(len(self.visible), samples * length)
         for part in groups:
             rows = slice(part.start * samples, part.stop * samples)
-            layers = self.layers + [self.s2_cache]
-            if len(groups) > 1:
-                layers = [layer.series(part) for layer in layers]
-            attends = [layer.extend_attend(start) for layer in layers[:-1]]
+            layers = [layer.series(part) for layer in self.layers] if len(groups) > 1 else self.layers
+            attends = [functools.partial(layer.extend, start=start) for layer in layers[:-1]]
             x = model.embed(s1[rows], s2[rows], stamps[rows])
             context = model.context(x, model.rope(positions[rows]), attends)  # [rows, T, D]
-            layers[-1].write(*model.s2_keys_values(context), start)
+            layers[-1].write(*model.dep_layer.keys_values(context), start)
             last.append(context[:, -1:])
             logits.append(model.head(context[:, -1]))
-        self.last_context = torch.cat(last) if len(last) > 1 else last[0]
-        self.logits = torch.cat(logits) if len(logits) > 1 else logits[0]
+        if len(groups) == 1:
+            return logits[0], S2Input(last[0])
+        return torch.cat(logits), S2Input(torch.cat(last))
 
 
 class _FullSteps:
@@ -210,7 +217,7 @@ class _FullSteps:
     def __init__(self, model: Kronos, batch: TokenizedBatch, samples: int, generated: _Generated):
         self.model, self.batch, self.samples, self.generated = model, batch, samples, generated
 
-    def s1_logits(self, step: int) -> torch.Tensor:
+    def s1_logits(self, step: int) -> tuple[torch.Tensor, S2Input]:
         batch, samples, g = self.batch, self.samples, self.generated
         visible = batch.visible(step)
         start = batch.s1.shape[1] - max(visible)
@@ -218,17 +225,17 @@ class _FullSteps:
         def window(history: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
             return torch.cat([history[:, start:].repeat_interleave(samples, 0), generated[:, :step]], dim=1)
 
-        self.padding = None
+        padding = None
         if min(visible) != max(visible):
             valid = batch.valid_columns(visible)[:, start:].repeat_interleave(samples, 0)
-            self.padding = ~torch.cat([valid, valid.new_ones(valid.shape[0], step)], dim=1)
-        logits, self.context = self.model.decode_s1(
-            window(batch.s1, g.s1), window(batch.s2, g.s2), window(batch.stamps, g.stamps), self.padding
+            padding = ~torch.cat([valid, valid.new_ones(valid.shape[0], step)], dim=1)
+        logits, context = self.model.decode_s1(
+            window(batch.s1, g.s1), window(batch.s2, g.s2), window(batch.stamps, g.stamps), padding
         )
-        return logits[:, -1]
+        return logits[:, -1], S2Input(context, padding)
 
-    def s2_logits(self, s1: torch.Tensor, step: int) -> torch.Tensor:
-        return self.model.decode_s2(self.context, s1[:, None], self.padding)[:, -1]
+    def s2_logits(self, state: S2Input, s1: torch.Tensor, step: int) -> torch.Tensor:
+        return self.model.decode_s2(state.context, s1[:, None], state.padding)[:, -1]
 
 
 _STEPPERS = {"cached": _CachedSteps, "full": _FullSteps}
@@ -260,8 +267,9 @@ def generate_tokens(
     draws = uniforms(keys, batch.pred_len, model.dtype)  # [N*S, pred_len, 2]
     steps = _STEPPERS[method](model, batch, samples, generated)
     for i in range(batch.pred_len):
-        s1 = sample_from_logits(steps.s1_logits(i), params, draws[:, i, 0])
-        generated.s2[:, i] = sample_from_logits(steps.s2_logits(s1, i), params, draws[:, i, 1])
+        s1_logits, s2_input = steps.s1_logits(i)
+        s1 = sample_from_logits(s1_logits, params, draws[:, i, 0])
+        generated.s2[:, i] = sample_from_logits(steps.s2_logits(s2_input, s1, i), params, draws[:, i, 1])
         generated.s1[:, i] = s1
     return generated.s1, generated.s2
 
@@ -302,15 +310,19 @@ def decode_tokens(
     out = []
     for part in series_groups(len(visible), valid.shape[1] + samples * pred_len):
         rows = slice(part.start * samples, part.stop * samples)
+        count = part.stop - part.start
+        caches = [
+            SharedPrefixKV.for_layer(block.self_attn, count, valid.shape[1], samples, pred_len)
+            for block in tokenizer.decoder
+        ]
+        for cache in caches:
+            cache.set_prefix_valid(None if padded is None else padded[part])
         # The history part once per series (empty when pred_len == max_context) ...
-        store: list = [None] * len(tokenizer.decoder)
-        rope = tokenizer.rope(positions_from_mask(valid[part], len(valid[part]), valid.shape[1], valid.device))
-        attend = causal_attend(None if padded is None else padded[part])
+        rope = tokenizer.rope(positions_from_mask(valid[part], count, valid.shape[1], valid.device))
         codes = quantizer.ids_to_codes(hist_s1[part], hist_s2[part], tokenizer.dtype)  # [n, Pv, bits]
-        tokenizer.decode_hidden(codes, rope, [capture_attend(attend, store, i) for i in range(len(store))])
-        caches = [SharedPrefixKV(k, v, None if padded is None else padded[part], samples, pred_len) for k, v in store]
+        tokenizer.decode_hidden(codes, rope, [cache.prefill for cache in caches])
         # ... then each path's generated tokens against it.
         codes = quantizer.ids_to_codes(s1[rows], s2[rows], tokenizer.dtype)  # [n*S, pred_len, bits]
         rope = tokenizer.rope(positions[part].repeat_interleave(samples, dim=0))
-        out.append(tokenizer.decode_hidden(codes, rope, [c.extend_attend(0) for c in caches]))
+        out.append(tokenizer.decode_hidden(codes, rope, [functools.partial(c.extend, start=0) for c in caches]))
     return torch.cat(out) if len(out) > 1 else out[0]

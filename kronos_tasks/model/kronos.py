@@ -89,13 +89,55 @@ class TemporalEmbedding(nn.Module):
 
 
 class DependencyAwareLayer(nn.Module):
-    """Cross-attention from an s1 embedding (query) to the contexts of the window (keys, values)."""
+    """Cross-attention from an s1 embedding (query) to the contexts of the window (keys, values).
+
+    Its output is added to the contexts and normalised: the input of the s2 head. ``query``,
+    ``keys_values`` and ``combine`` are the three parts of ``forward``, for decoding against a cache.
+    """
 
     def __init__(self, d_model: int):
         super().__init__()
         self.cross_attn = Attention(d_model, DEPENDENCY_LAYER_HEADS)
         self.norm = RMSNorm(d_model)
         self.rotary = RotaryEmbedding(d_model // DEPENDENCY_LAYER_HEADS)
+
+    def query(self, s1_embedding: torch.Tensor) -> torch.Tensor:
+        """Query heads for s1 embeddings [B, Lq, D] -> [B, H, Lq, hd] (not rotated)."""
+        attn = self.cross_attn
+        return attn.heads(attn.q_proj(s1_embedding))
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value heads for contexts [B, L, D] -> 2 x [B, H, L, hd] (not rotated)."""
+        attn = self.cross_attn
+        k, v = attn.kv(context).chunk(2, dim=-1)
+        return attn.heads(k), attn.heads(v)
+
+    def combine(self, context: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Contexts [B, L, D] plus the attention output [B, H, Lq, hd] (Lq is L or 1, broadcast), normalised."""
+        return self.norm(context + self.cross_attn.merge(attended))
+
+    def forward(
+        self, context: torch.Tensor, s1_embedding: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Contexts [B, L, D] and s1 embeddings [B, Lq, D] (Lq is 1 or L) -> s2 head input [B, L, D].
+
+        ``valid`` [B, L] marks the real (unpadded) positions. With Lq = L (one s1 per position, as in
+        training) queries and keys take the window's rotary positions and, as upstream does in eval mode,
+        attention is not causal. With Lq = 1 (the next token's s1, as in generation) nothing is rotated:
+        upstream rotates both sides by the positions of the query's length, which for one query is
+        position 0, the identity.
+        """
+        batch, length, _ = context.shape
+        q = self.query(s1_embedding)
+        k, v = self.keys_values(context)
+        if s1_embedding.shape[1] == length and length > 1:
+            cos, sin = self.rotary(positions_from_mask(valid, batch, length, context.device))
+            rope = (cos.transpose(1, 2), sin.transpose(1, 2))  # [B, 1, L, hd], for the head-major layout
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        elif s1_embedding.shape[1] != 1:
+            raise ValueError(f"s1 ids must have 1 or {length} positions, got {s1_embedding.shape[1]}.")
+        mask = None if valid is None else valid[:, None, None, :]
+        return self.combine(context, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
 class DualHead(nn.Module):
@@ -166,40 +208,21 @@ class Kronos(nn.Module):
 
     def s2_query(self, s1_ids: torch.Tensor) -> torch.Tensor:
         """The dependency layer's query heads for s1 ids [B, Lq] -> [B, H, Lq, hd] (no rotation)."""
-        attn = self.dep_layer.cross_attn
-        return attn.heads(attn.q_proj(self.embedding.emb_s1(s1_ids)))
-
-    def s2_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dependency layer's keys and values for contexts [B, L, D] -> 2 x [B, H, L, hd] (no rotation)."""
-        attn = self.dep_layer.cross_attn
-        k, v = attn.kv(context).chunk(2, dim=-1)
-        return attn.heads(k), attn.heads(v)
+        return self.dep_layer.query(self.embedding.emb_s1(s1_ids))
 
     def s2_logits(self, context: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """s2 logits from contexts [B, L, D] and attention output [B, H, Lq, hd] (Lq is L or 1, broadcast)."""
-        x2 = self.dep_layer.norm(context + self.dep_layer.cross_attn.merge(attended))
-        return self.head.cond_forward(x2)
+        """s2 logits from contexts [B, L, D] and the dependency layer's attention output [B, H, Lq, hd]."""
+        return self.head.cond_forward(self.dep_layer.combine(context, attended))
 
     def decode_s2(self, context, s1_ids, padding_mask=None):
         """s2 logits [B, L, 2**s2_bits] conditioned on s1 ids, given contexts [B, L, D] from ``decode_s1``.
 
-        With ``s1_ids`` [B, 1] (the next token's s1, as in generation) the query attends to the contexts of
-        all positions, without rotary positions, and the result is broadcast over the window: the logits
-        for the next token are the last row. With ``s1_ids`` [B, L] (one s1 per position) queries and keys
-        take the window's positions and, as upstream does in eval mode, attention is not causal.
+        With ``s1_ids`` [B, 1] (the next token's s1, as in generation) the logits for the next token are
+        the last row; with ``s1_ids`` [B, L] each position is conditioned on its own s1 (see
+        ``DependencyAwareLayer.forward``).
         """
-        batch, length, _ = context.shape
         valid = None if padding_mask is None else ~padding_mask
-        q = self.s2_query(s1_ids)
-        k, v = self.s2_keys_values(context)
-        if s1_ids.shape[1] == length and length > 1:
-            cos, sin = self.dep_layer.rotary(positions_from_mask(valid, batch, length, context.device))
-            rope = (cos.transpose(1, 2), sin.transpose(1, 2))  # [B, 1, L, hd], for the head-major layout
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        elif s1_ids.shape[1] != 1:
-            raise ValueError(f"decode_s2: s1_ids must have 1 or {length} positions, got {s1_ids.shape[1]}.")
-        mask = None if valid is None else valid[:, None, None, :]
-        return self.s2_logits(context, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        return self.head.cond_forward(self.dep_layer(context, self.embedding.emb_s1(s1_ids), valid))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> Kronos:
