@@ -1,8 +1,10 @@
 """Daily Kronos forecast over a watchlist.
 
-plan -> resolve the model alias once -> ingest new bars (mapped over chunks) -> forecast (mapped over batches,
-on the GPU queue and pool) -> persist in one transaction -> log to MLflow -> finish (fails past the allowed
-share of failed symbols). Task bodies live in ``kronos_tasks.pipeline.daily``; this file is wiring.
+plan (validate the parameters, pin the model alias once, fix the seed) and split the watchlist into shards ->
+ingest new bars (mapped over shards) -> forecast (mapped over the ingested shards, on the GPU queue and
+pool) -> persist in one transaction -> log to MLflow -> finish (fails past the allowed share of failed
+symbols). Task bodies live in ``kronos_tasks.pipeline.daily``;
+this file is wiring.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, Variable, dag, get_current_context, task
 
+from kronos_tasks.forecasting.params import ForecastParams
+from kronos_tasks.pipeline.payloads import BatchResult, IngestedBatch, RunPlan, RunSummary, Shard
 from kronos_tasks.settings import gpu_task_arguments, load
 
 SETTINGS = load()  # environment only: no database, network or model work at import time
@@ -23,6 +27,7 @@ FORECAST_TASK = {
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(hours=2),
 }
+HERE = {"model": SETTINGS.model_alias, "batch_size": SETTINGS.batch_size}
 
 
 @dag(
@@ -42,95 +47,75 @@ FORECAST_TASK = {
             description="entries {symbol, exchange, interval[, file]}; empty: the Variable "
             "kronos_watchlist, else the KRONOS_WATCHLIST file",
         ),
-        "pred_len": Param(24, type="integer", minimum=1),
-        "lookback": Param(
-            None,
-            type=["null", "integer"],
+        **{name: Param(**spec) for name, spec in ForecastParams.param_specs(HERE).items()},
+        "symbols_per_task": Param(
+            SETTINGS.symbols_per_task,
+            type="integer",
             minimum=1,
-            description="empty: max_context - pred_len, so the window never slides",
+            description="watchlist symbols per ingest and forecast task",
         ),
-        "T": Param(1.0, type="number", exclusiveMinimum=0),
-        "top_k": Param(0, type="integer", minimum=0),
-        "top_p": Param(0.9, type="number", exclusiveMinimum=0, maximum=1),
-        "sample_count": Param(16, type="integer", minimum=1),
-        "quantiles": Param(
-            [0.1, 0.5, 0.9], type="array", items={"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
-        ),
-        "seed": Param(
-            None,
-            type=["null", "integer"],
+        "max_failed_share": Param(
+            SETTINGS.max_failed_share,
+            type="number",
             minimum=0,
-            description="empty: derived from the DAG and logical date, so a re-run reuses it",
+            maximum=1,
+            description="share of failed symbols above which the run fails",
         ),
-        "model": Param(SETTINGS.model_alias, type="string", description="alias (champion) or version (3)"),
-        "batch_size": Param(SETTINGS.batch_size, type="integer", minimum=1),
-        "max_failed_share": Param(SETTINGS.max_failed_share, type="number", minimum=0, maximum=1),
     },
 )
 def kronos_daily_forecast():
     @task
-    def plan() -> dict:
+    def plan() -> RunPlan:
         from kronos_tasks.pipeline import daily
 
         context = get_current_context()
-        params = dict(context["params"])
-        watchlist = params.pop("watchlist") or Variable.get("kronos_watchlist", default=None)
-        params.pop("max_failed_share")
+        params = {name: context["params"][name] for name in ForecastParams.param_specs()}
         moment = context.get("logical_date") or context["dag_run"].run_after
-        return daily.plan(params, watchlist, moment, context["dag"].dag_id, context["run_id"])
+        share = context["params"]["max_failed_share"]
+        return daily.plan(params, moment, context["dag"].dag_id, context["run_id"], share)
 
     @task
-    def resolve(run: dict) -> dict:
+    def split_watchlist() -> list[Shard]:
         from kronos_tasks.pipeline import daily
 
-        return daily.resolve_model(run["params"]["model"])
+        params = get_current_context()["params"]
+        watchlist = params["watchlist"] or Variable.get("kronos_watchlist", default=None)
+        return daily.split_watchlist(watchlist, params["symbols_per_task"])
 
     @task
-    def ingest_chunks(run: dict) -> list:
-        return run["ingest_chunks"]
-
-    @task
-    def forecast_batches(run: dict) -> list:
-        return run["forecast_batches"]
-
-    @task
-    def ingest(entries: list) -> dict:
+    def ingest(shard: Shard) -> IngestedBatch:
         from kronos_tasks.pipeline import daily
 
-        return daily.ingest_chunk(entries)
+        return daily.ingest(shard)
 
     @task(**FORECAST_TASK)
-    def forecast(run: dict, pinned: dict, ingested: list, batch: dict) -> dict:
+    def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
         from kronos_tasks.pipeline import daily
 
-        skip = [symbol for result in ingested for symbol in result["failed"]]
-        return daily.forecast_batch(run, pinned, batch, skip)
+        return daily.forecast(run, ingested)
 
     @task
-    def persist(run: dict, pinned: dict, ingested: list, forecasted: list) -> dict:
+    def persist(run: RunPlan, shards: list[Shard], results: list[BatchResult]) -> RunSummary:
         from kronos_tasks.pipeline import daily
 
-        return daily.persist(run, pinned, list(ingested), list(forecasted))
+        return daily.persist(run, list(shards), list(results))
 
     @task
-    def log_to_mlflow(run: dict, pinned: dict, summary: dict) -> str:
+    def log_to_mlflow(run: RunPlan, summary: RunSummary) -> str:
         from kronos_tasks.pipeline import tracking
 
-        return tracking.log_run(run, pinned, summary)
+        return tracking.log_run(run, summary)
 
     @task(retries=0)  # the verdict on stored results: retrying cannot change it
-    def finish(summary: dict, mlflow_run_id: str) -> dict:
+    def finish(summary: RunSummary) -> RunSummary:
         from kronos_tasks.pipeline import daily
 
-        share = get_current_context()["params"]["max_failed_share"]
-        return {**daily.finish(summary, share), "mlflow_run_id": mlflow_run_id}
+        return daily.finish(summary)
 
-    run = plan()
-    pinned = resolve(run)
-    ingested = ingest.expand(entries=ingest_chunks(run))
-    forecasted = forecast.partial(run=run, pinned=pinned, ingested=ingested).expand(batch=forecast_batches(run))
-    summary = persist(run, pinned, ingested, forecasted)
-    finish(summary, log_to_mlflow(run, pinned, summary))
+    run, shards = plan(), split_watchlist()
+    results = forecast.partial(run=run).expand(ingested=ingest.expand(shard=shards))
+    summary = persist(run, shards, results)
+    log_to_mlflow(run, summary) >> finish(summary)
 
 
-dag = kronos_daily_forecast()
+kronos_daily_forecast()

@@ -43,13 +43,13 @@ def kronos_forecast_evaluation():
         return evaluate.score(list(run_ids))
 
     @task
-    def log_to_mlflow(run_ids: list, scored: dict) -> dict:
+    def log_to_mlflow(run_ids: list) -> dict:
         from kronos_tasks.pipeline import evaluate
 
         return evaluate.log_versions(list(run_ids), get_current_context()["run_id"])
 
     runs = due_runs()
-    log_to_mlflow(runs, score(runs))
+    score(runs) >> log_to_mlflow(runs)
 
 
-dag = kronos_forecast_evaluation()
+kronos_forecast_evaluation()

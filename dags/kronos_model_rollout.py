@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
 
+from kronos_tasks.pipeline.payloads import PinnedPair
 from kronos_tasks.settings import gpu_task_arguments, load
 
 SETTINGS = load()
@@ -53,44 +53,46 @@ BACKTEST_TASK = {
     },
 )
 def kronos_model_rollout():
-    @task
-    def rollback_if_asked() -> dict | None:
-        from kronos_tasks.pipeline import rollout
-
-        context = get_current_context()
-        params = context["params"]
-        if not params["rollback"]:
-            return None
-        return rollout.rollback(params["alias"], "rollback requested through kronos_model_rollout", context["run_id"])
-
-    @task
-    def verify(rolled_back: dict | None) -> dict:
+    @task.branch
+    def choose() -> str:
         from kronos_tasks.pipeline import rollout
 
         params = get_current_context()["params"]
-        if rolled_back is not None:
-            raise AirflowSkipException(f"rolled back: {rolled_back}")
-        if not params["candidate"]:
-            raise ValueError("set the candidate param to a model version (or rollback to true)")
+        return rollout.choose(params["rollback"], params["candidate"])
+
+    @task
+    def rollback() -> dict:
+        from kronos_tasks.pipeline import rollout
+
+        context = get_current_context()
+        return rollout.rollback(
+            context["params"]["alias"], "rollback requested through kronos_model_rollout", context["run_id"]
+        )
+
+    @task
+    def verify() -> PinnedPair:
+        from kronos_tasks.pipeline import rollout
+
+        params = get_current_context()["params"]
         return rollout.verify(str(params["candidate"]), params["watchlist"], params["forecast"])
 
     @task
-    def champion(candidate: dict) -> dict | None:
+    def champion() -> PinnedPair | None:
         from kronos_tasks.pipeline import rollout
 
         return rollout.champion(get_current_context()["params"]["alias"])
 
     @task(**BACKTEST_TASK)
-    def backtest(pinned: dict | None) -> dict | None:
+    def backtest(pair: PinnedPair | None) -> dict | None:
         from kronos_tasks.pipeline import rollout
 
         params = get_current_context()["params"]
         return rollout.backtest(
-            pinned, params["watchlist"], params["forecast"], params["origins"], params["stride"], params["seed"]
+            pair, params["watchlist"], params["forecast"], params["origins"], params["stride"], params["seed"]
         )
 
     @task
-    def decide_and_apply(candidate: dict, candidate_scores: dict, champion_scores: dict | None) -> dict:
+    def decide_and_apply(candidate: PinnedPair, candidate_scores: dict, champion_scores: dict | None) -> dict:
         from kronos_tasks.pipeline import rollout
 
         context = get_current_context()
@@ -99,8 +101,11 @@ def kronos_model_rollout():
         decision = rollout.decide(candidate_scores, champion_scores, gate, params["force"])
         return rollout.apply(decision, candidate, params["alias"], context["run_id"])
 
-    candidate = verify(rollback_if_asked())
-    current = champion(candidate)
+    branch = choose()
+    candidate = verify()
+    current = champion()
+    branch >> [rollback(), candidate]
+    candidate >> current
     decide_and_apply(
         candidate,
         backtest.override(task_id="backtest_candidate")(candidate),
@@ -108,4 +113,4 @@ def kronos_model_rollout():
     )
 
 
-dag = kronos_model_rollout()
+kronos_model_rollout()

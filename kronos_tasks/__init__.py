@@ -7,22 +7,17 @@ package (as Airflow does when it parses DAG files) stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Kronos": "kronos_tasks.model",
-    "KronosTokenizer": "kronos_tasks.model",
-    "KronosPredictor": "kronos_tasks.inference",
-    "Forecast": "kronos_tasks.inference",
+    "Kronos": ".model",
+    "KronosTokenizer": ".model",
+    "KronosPredictor": ".inference",
+    "Forecast": ".inference",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'kronos_tasks' has no attribute {name!r}")
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["Forecast", "Kronos", "KronosPredictor", "KronosTokenizer", "__version__"]

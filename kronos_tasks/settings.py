@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from kronos_tasks.errors import KronosFlowError
+
 ENV_PREFIX = "KRONOS_"
 
 
@@ -47,7 +49,8 @@ VARIABLES: tuple[Setting, ...] = (
     Setting("KRONOS_GPU_POOL_SLOTS", "slots of the forecast pool created by `kronos-flow init`", "1"),
     Setting("KRONOS_GPU_POD_TEMPLATE", "KubernetesExecutor pod template file of GPU tasks (empty: none)", ""),
     Setting("KRONOS_FORECAST_RETRY_DELAY", "seconds before a failed forecast task retries (then backing off)", "30"),
-    Setting("KRONOS_BATCH_SIZE", "series decoded together in one forecast batch", "32"),
+    Setting("KRONOS_BATCH_SIZE", "series the predictor decodes together (memory grows with it)", "32"),
+    Setting("KRONOS_SYMBOLS_PER_TASK", "watchlist symbols per ingest and forecast task of the daily DAG", "64"),
     Setting("KRONOS_MAX_FAILED_SHARE", "share of failed symbols above which a daily run fails", "0.2"),
 )
 
@@ -75,6 +78,7 @@ class Settings:
     gpu_pod_template: str
     forecast_retry_delay: int
     batch_size: int
+    symbols_per_task: int
     max_failed_share: float
 
     @classmethod
@@ -113,6 +117,7 @@ class Settings:
             gpu_pod_template=get("KRONOS_GPU_POD_TEMPLATE") or "",
             forecast_retry_delay=_positive_int("KRONOS_FORECAST_RETRY_DELAY", get("KRONOS_FORECAST_RETRY_DELAY")),
             batch_size=_positive_int("KRONOS_BATCH_SIZE", get("KRONOS_BATCH_SIZE")),
+            symbols_per_task=_positive_int("KRONOS_SYMBOLS_PER_TASK", get("KRONOS_SYMBOLS_PER_TASK")),
             max_failed_share=_share("KRONOS_MAX_FAILED_SHARE", get("KRONOS_MAX_FAILED_SHARE")),
         )
 
@@ -121,7 +126,7 @@ class Settings:
         return {f.name: redact(str(getattr(self, f.name))) for f in fields(self)}
 
 
-class SettingsError(ValueError):
+class SettingsError(KronosFlowError, ValueError):
     """A setting whose value cannot be used; the message names the variable."""
 
 

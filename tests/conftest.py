@@ -205,6 +205,7 @@ def mlflow_server(tmp_path):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # GenAI job runners we never use
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -39,9 +39,10 @@ def test_register_promote_resolve_in_another_process_and_roll_back(home, tmp_pat
     assert "@champion" in cli(home, "promote", "1").stdout
     # Another process resolves @champion to the pinned pair, loads it and forecasts.
     code = (
+        "from kronos_tasks.forecasting.engine import pinned_predictor\n"
         "from kronos_tasks.pipeline import runtime\n"
         "pair = runtime.registry().resolve('champion')\n"
-        "tok, model = pair.load()\n"
+        "model = pinned_predictor(pair, 'cpu', 1).model\n"
         "print(pair.model_version, pair.tokenizer_version, pair.model_sha256, model.config.n_layers)\n"
     )
     resolved = subprocess.run([sys.executable, "-c", code], env=home, capture_output=True, text=True, check=True)

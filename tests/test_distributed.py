@@ -207,6 +207,7 @@ def stack(tmp_path, postgres_admin_url):
                 "--workers",
                 "1",
             ],
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # GenAI job runners: eight processes kronos-flow never uses
         )
         stack.run([str(BIN / "airflow"), "db", "migrate"])
         stack.run([str(BIN / "airflow"), "pools", "set", "gpu", "2", "forecast tasks"])

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from kronos_tasks.forecasting.engine import pinned_predictor
 from kronos_tasks.model.presets import MODEL_PRESETS, random_model
 from kronos_tasks.registry import Registry, RegistryError
 from kronos_tasks.settings import Settings
@@ -91,7 +92,7 @@ def test_cache_is_used_and_a_corrupted_entry_is_replaced(kronos_env, tiny_checkp
 
     assert sha256_file(weights) == pinned.model_sha256
     assert (kronos_env.model_cache / "kronos-model").stat().st_mtime_ns >= before
-    repaired.load()  # and it loads
+    pinned_predictor(repaired, "cpu", 1)  # and it loads
 
 
 def test_checksum_mismatch_of_the_stored_artifacts_fails_loudly(kronos_env, tiny_checkpoints):
@@ -142,6 +143,6 @@ def test_registry_through_a_real_mlflow_server(kronos_env, tiny_checkpoints, mlf
     registry.promote("2")
     pinned = registry.resolve("champion")
     assert pinned.model_version == "2"
-    tokenizer, model = pinned.load()  # downloaded through the server's artifact proxy, checksums verified
-    assert model.config.n_layers == 2
+    # Downloaded through the server's artifact proxy, checksums verified, loaded.
+    assert pinned_predictor(pinned, "cpu", 1).model.config.n_layers == 2
     assert registry.rollback().to_version == "1"

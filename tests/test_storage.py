@@ -62,6 +62,9 @@ def test_sample_files_ingest_unchanged_and_twice_leaves_the_same_rows(engine):
         pd.Timestamp("2024-08-29 03:25", tz="UTC"),
         pd.Timestamp("2024-08-29 03:30", tz="UTC"),
     ]
+    for limit in (0, -3):  # a negative LIMIT means "no limit" to some databases: refused, never sent
+        with pytest.raises(ValueError, match="limit must be a positive integer"):
+            read_bars(engine, "a_share", "5min", limit=limit)
     meta = instrument(engine, "GOOG", "1d")
     assert (meta.exchange, meta.timezone) == ("XNYS", "America/New_York")
 
@@ -221,3 +224,21 @@ def test_staged_batches_move_into_the_run_atomically(engine):
     stage_forecasts(engine, "r4", "batch-0", rows[:1])
     clear_staging(engine, "r4")
     assert count(engine, StagedForecast, "r4") == 0
+
+
+def test_a_failed_persist_from_staging_keeps_the_stored_run_and_the_staged_rows(engine):
+    from kronos_tasks.storage import stage_forecasts
+    from kronos_tasks.storage.models import StagedForecast
+
+    persist_run(engine, run_row("r6"), forecast_rows("r6", 11.0), [])
+    stage_forecasts(engine, "r6", "shard-0000", forecast_rows("r6", 12.0))
+    bad_failure = {"run_id": "r6", "symbol": "BBB", "stage": "window", "reason": None, "recorded_at": datetime.now(UTC)}
+    with pytest.raises(IntegrityError):  # the failures insert comes after the staged rows moved
+        persist_run(engine, run_row("r6", status="partial"), None, [bad_failure])
+    assert get_run(engine, "r6").status == "success" and count(engine, Forecast, "r6") == 4
+    with engine.connect() as connection:
+        assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r6")).scalars()) == {11.0}
+    assert count(engine, StagedForecast, "r6") == 4  # still staged: a retried persist finds them
+    assert persist_run(engine, run_row("r6", status="partial"), None, []) == 4
+    with engine.connect() as connection:
+        assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r6")).scalars()) == {12.0}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from kronos_tasks.errors import KronosFlowError
+
 FEATURES = ["open", "high", "low", "close", "volume", "amount"]
 PRICES = ["open", "high", "low", "close"]
 # Canonical bar frame: a UTC "ts" column, the six features as float64, and "row", the 1-based data row
@@ -31,7 +33,7 @@ _UNITS = {
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([a-zA-Z]+)\s*$")
 
 
-class DataError(ValueError):
+class DataError(KronosFlowError, ValueError):
     """Input data that cannot be read or used; the message names the file, symbol or row and what to do."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .schema import FEATURES, PRICES, Interval
+from .schema import FEATURES, PRICES, DataError, Interval
 
 POLICIES = ("reject_bar", "reject_symbol", "warn")
 
@@ -101,9 +101,9 @@ def check_policies(policies: dict[str, str]) -> dict[str, str]:
     merged = dict(DEFAULT_POLICIES)
     for rule, policy in policies.items():
         if rule not in RULES:
-            raise ValueError(f"unknown validation rule {rule!r}; rules: {sorted(RULES)}.")
+            raise DataError(f"unknown validation rule {rule!r}; rules: {sorted(RULES)}.")
         if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r} for rule {rule!r}; policies: {POLICIES}.")
+            raise DataError(f"unknown policy {policy!r} for rule {rule!r}; policies: {POLICIES}.")
         merged[rule] = policy
     return merged
 

@@ -17,10 +17,12 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from kronos_tasks.data import FEATURES, DataError
-from kronos_tasks.inference import KronosPredictor, derive_seed
-from kronos_tasks.pipeline.forecasting import predict_series
-from kronos_tasks.pipeline.params import ForecastParams, WatchItem
-from kronos_tasks.storage import read_bars
+from kronos_tasks.data.watchlist import WatchItem
+from kronos_tasks.forecasting.params import ForecastParams
+from kronos_tasks.forecasting.windows import local_times, predict_series
+from kronos_tasks.inference.params import derive_seed
+from kronos_tasks.inference.predictor import KronosPredictor
+from kronos_tasks.storage import instrument, read_bars
 
 from . import metrics
 
@@ -84,10 +86,6 @@ def select_origins(
     return origins
 
 
-def _local(stamps, timezone: str) -> pd.Series:
-    return pd.Series(pd.DatetimeIndex(stamps).tz_convert(timezone).tz_localize(None))
-
-
 def run_backtest(
     origins: list[Origin], params: ForecastParams, predictor: KronosPredictor | None, label: str = "model"
 ) -> BacktestResult:
@@ -98,8 +96,8 @@ def run_backtest(
             predictor,
             params,
             [o.history[FEATURES] for o in origins],
-            [_local(o.history["ts"], o.item.timezone) for o in origins],
-            [_local(o.actual["ts"], o.item.timezone) for o in origins],
+            [local_times(o.history["ts"], o.item.timezone) for o in origins],
+            [local_times(o.actual["ts"], o.item.timezone) for o in origins],
             seeds=[o.seed for o in origins],
             labels=[f"{o.item.symbol}@{o.history['ts'].iloc[-1]}" for o in origins],
         )
@@ -195,8 +193,6 @@ def items_from(engine: Engine, specs: list[str] | None, watchlist: list[WatchIte
     """Watchlist entries for ``symbol[:interval]`` specs (exchange and zone from the stored instrument)."""
     if not specs:
         return watchlist
-    from kronos_tasks.storage import instrument
-
     items = []
     for spec in specs:
         symbol, _, interval = spec.partition(":")
@@ -214,66 +210,3 @@ def items_from(engine: Engine, specs: list[str] | None, watchlist: list[WatchIte
             )
         items.append(WatchItem(symbol, meta.exchange, interval, None, meta.timezone))
     return items
-
-
-def format_scores(scores: dict[str, Any], label: str) -> str:
-    lines = [f"{scores['origins']} origins, {scores['points']} points (close)"]
-    for name in ("model", *BASELINES):
-        if name not in scores:
-            continue
-        entry = scores[name]
-        shown = label if name == "model" else name
-        text = (
-            f"  {shown:<22} MAE {entry['mae']:.6g}  MAPE {entry['mape']:.3f}%  skill vs persistence "
-            f"{entry['skill']:+.3f}  direction {entry['direction_accuracy']:.3f} "
-            f"[{entry['direction_ci_low']:.3f}, {entry['direction_ci_high']:.3f}]"
-        )
-        if "brier" in entry:
-            text += f"  Brier {entry['brier']:.4f}"
-        lines.append(text)
-    model = scores.get("model", {})
-    extra = {k: v for k, v in model.items() if k.startswith(("pinball", "crps", "coverage", "brier_skill"))}
-    if extra:
-        lines.append("  " + "  ".join(f"{k} {v:.4g}" for k, v in extra.items()))
-    if "reliability" in scores:
-        lines.append(
-            "  reliability of P(close up): "
-            + ", ".join(
-                f"[{b['bin_low']:.1f},{b['bin_high']:.1f}) n={b['count']} obs={b['observed']:.2f}"
-                for b in scores["reliability"]
-                if b["count"]
-            )
-        )
-    return "\n".join(lines)
-
-
-def backtest_command(args) -> int:
-    """``kronos-flow backtest``."""
-    from kronos_tasks.pipeline import runtime
-    from kronos_tasks.pipeline.params import load_watchlist
-
-    settings = runtime.settings()
-    engine = runtime.engine()
-    params = ForecastParams.from_options(args)
-    items = items_from(engine, args.symbols, load_watchlist(settings.watchlist))
-    predictor, label, max_context = None, "persistence only", 512
-    if not args.baseline:
-        pair = runtime.registry().resolve(args.model)
-        device = runtime.torch_device(settings.device)
-        tokenizer, model = pair.load(device)
-        max_context = pair.max_context
-        predictor = KronosPredictor(
-            model, tokenizer, device=device, max_context=max_context, batch_size=params.batch_size
-        )
-        label = f"{pair.model_name}/{pair.model_version}" + ("" if pair.trained else " (untrained)")
-    params.check(max_context)
-    end = pd.Timestamp(args.end) if args.end else None
-    if end is not None and end.tzinfo is None:
-        end = end.tz_localize("UTC")
-    origins = select_origins(engine, items, params, max_context, args.origins, args.stride, params.seed or 0, end)
-    result = run_backtest(origins, params, predictor, label)
-    print(format_scores(result.scores, label))
-    if args.out:
-        result.rows.to_csv(args.out, index=False)
-        print(f"wrote {args.out}")
-    return 0

@@ -1,7 +1,22 @@
-"""Sampling, the two-stage autoregressive loop and the pandas-facing predictor."""
+"""Sampling, the two-stage autoregressive loop and the pandas-facing predictor.
 
-from .features import InputError
-from .predictor import Forecast, KronosPredictor, derive_seed
-from .sampling import SamplingParams
+``inference.params`` (sampling parameters, quantiles, seeds) imports no torch; the names below load
+their modules, and torch, on first use.
+"""
 
-__all__ = ["Forecast", "InputError", "KronosPredictor", "SamplingParams", "derive_seed"]
+from __future__ import annotations
+
+from kronos_tasks.lazy import lazy_attributes
+
+_LAZY = {
+    "Forecast": ".predictor",
+    "KronosPredictor": ".predictor",
+    "default_device": ".predictor",
+    "InputError": ".params",
+    "SamplingParams": ".params",
+    "derive_seed": ".params",
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = sorted(_LAZY)

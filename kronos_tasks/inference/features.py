@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .params import InputError
+
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 FEATURE_COLUMNS = PRICE_COLUMNS + ["volume", "amount"]
 TIME_FEATURES = ["minute", "hour", "weekday", "day", "month"]
 # Added to the standard deviation before dividing, as upstream does, so flat series stay finite.
 NORM_EPS = 1e-5
-
-
-class InputError(ValueError):
-    """Input that cannot be forecast; the message names the series, column or row and what to do."""
 
 
 def complete_features(df: pd.DataFrame, label: str) -> pd.DataFrame:

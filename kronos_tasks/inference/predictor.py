@@ -7,7 +7,6 @@ next to the mean. See docs/upstream-differences.md for every behavioural differe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -19,27 +18,11 @@ import torch
 
 from kronos_tasks.model import Kronos, KronosTokenizer, check_pair
 
-from .features import (
-    FEATURE_COLUMNS,
-    InputError,
-    as_timestamps,
-    complete_features,
-    denormalise,
-    normalise,
-    time_features,
-)
+from .features import FEATURE_COLUMNS, as_timestamps, complete_features, denormalise, normalise, time_features
 from .generate import DECODING_METHODS, decode_tokens, generate_tokens, tokenize
-from .sampling import SamplingParams
+from .params import MAX_SEED, InputError, SamplingParams, check_int, check_quantiles, derive_seed
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 2**63 - 1
-
-
-def derive_seed(base: int, key: int | str) -> int:
-    """A 63-bit seed for ``key`` (a series index or a symbol) from a base seed; stable across platforms."""
-    digest = hashlib.blake2b(f"{base}/{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def default_device() -> str:
@@ -69,37 +52,25 @@ class Forecast:
             raise KeyError(f"quantile {q} was not requested; available: {sorted(self.quantiles)}") from None
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise InputError(f"{name} must be an integer {bound}, got {value!r}.")
-    return int(value)
-
-
-def _check_quantiles(quantiles) -> tuple[float, ...]:
-    if quantiles is None:
-        return ()
-    values = tuple(float(q) for q in quantiles)
-    for q in values:
-        if not 0 < q < 1:
-            raise InputError(f"quantiles must lie strictly between 0 and 1, got {q}.")
-    return values
-
-
 def _series_seeds(seed, count: int) -> list[int]:
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())  # follows torch.manual_seed, as upstream's sampling does
     if isinstance(seed, (list, tuple, np.ndarray)):
         if len(seed) != count:
             raise InputError(f"seed: got {len(seed)} seeds for {count} series; give one per series or one int.")
-        return [_check_int(f"seed[{i}]", s, 0, MAX_SEED) for i, s in enumerate(seed)]
-    base = _check_int("seed", seed, 0, MAX_SEED)
+        return [check_int(f"seed[{i}]", s, 0, MAX_SEED) for i, s in enumerate(seed)]
+    base = check_int("seed", seed, 0, MAX_SEED)
     return [base] if count == 1 else [derive_seed(base, i) for i in range(count)]
+
+
+def _as_upstream(forecasts: list[Forecast], levels: tuple[float, ...], return_samples: bool) -> list:
+    """What upstream's methods return (the mean frames) unless quantiles or samples were asked for."""
+    if not levels and not return_samples:
+        return [f.mean for f in forecasts]
+    if not return_samples:
+        for f in forecasts:
+            f.samples = None
+    return forecasts
 
 
 @dataclass
@@ -131,8 +102,8 @@ class KronosPredictor:
         method: str = "cached",
     ):
         check_pair(tokenizer.config, model.config)
-        self.max_context = _check_int("max_context", max_context, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.max_context = check_int("max_context", max_context, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         if method not in DECODING_METHODS:
             raise InputError(f"method must be one of {DECODING_METHODS}, got {method!r}.")
         if not clip > 0:
@@ -149,9 +120,9 @@ class KronosPredictor:
         x_timestamp,
         y_timestamp,
         pred_len: int,
-        T: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.9,
+        T: float = SamplingParams.T,
+        top_k: int = SamplingParams.top_k,
+        top_p: float = SamplingParams.top_p,
         sample_count: int = 1,
         verbose: bool = True,
         *,
@@ -168,21 +139,13 @@ class KronosPredictor:
         """
         if seed is not None and isinstance(seed, (list, tuple, np.ndarray)):
             raise InputError("predict takes one int seed; predict_batch takes one per series.")
-        return self.predict_batch(
-            [df],
-            [x_timestamp],
-            [y_timestamp],
-            pred_len,
-            T=T,
-            top_k=top_k,
-            top_p=top_p,
-            sample_count=sample_count,
-            verbose=verbose,
-            seed=seed,
-            quantiles=quantiles,
-            return_samples=return_samples,
-            _labels=["df"],
-        )[0]
+        levels = check_quantiles(quantiles)
+        sampling = SamplingParams(T=T, top_k=top_k, top_p=top_p)
+        forecasts = self.forecast(
+            [df], [x_timestamp], [y_timestamp], pred_len, sampling, sample_count, _series_seeds(seed, 1), levels,
+            ["df"], verbose=verbose,
+        )  # fmt: skip
+        return _as_upstream(forecasts, levels, return_samples)[0]
 
     def predict_batch(
         self,
@@ -190,22 +153,49 @@ class KronosPredictor:
         x_timestamp_list,
         y_timestamp_list,
         pred_len: int,
-        T: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.9,
+        T: float = SamplingParams.T,
+        top_k: int = SamplingParams.top_k,
+        top_p: float = SamplingParams.top_p,
         sample_count: int = 1,
         verbose: bool = True,
         *,
         seed: int | Sequence[int] | None = None,
         quantiles: Sequence[float] | None = None,
         return_samples: bool = False,
-        _labels: list[str] | None = None,
     ):
         """Forecast several series at once; they may have different history lengths.
 
         Each result equals what ``predict`` gives for that series alone with the series' seed: an int
         ``seed`` gives series i the seed ``derive_seed(seed, i)``, a list gives each series its own.
         Returns one DataFrame (or ``Forecast``, as in ``predict``) per series, in input order.
+        """
+        if not isinstance(df_list, (list, tuple)):
+            raise InputError("df_list, x_timestamp_list and y_timestamp_list must be lists or tuples.")
+        levels = check_quantiles(quantiles)
+        sampling = SamplingParams(T=T, top_k=top_k, top_p=top_p)
+        labels = [f"df_list[{i}]" for i in range(len(df_list))]
+        forecasts = self.forecast(
+            df_list, x_timestamp_list, y_timestamp_list, pred_len, sampling, sample_count,
+            _series_seeds(seed, len(df_list)), levels, labels, verbose=verbose,
+        )  # fmt: skip
+        return _as_upstream(forecasts, levels, return_samples)
+
+    def forecast(
+        self,
+        df_list: Sequence[pd.DataFrame],
+        x_timestamp_list: Sequence,
+        y_timestamp_list: Sequence,
+        pred_len: int,
+        sampling: SamplingParams,
+        sample_count: int,
+        seeds: Sequence[int],
+        quantiles: Sequence[float],
+        labels: Sequence[str],
+        verbose: bool = True,
+    ) -> list[Forecast]:
+        """One ``Forecast`` per series (mean, ``quantiles`` and every sample path), series i drawn with ``seeds[i]``.
+
+        The typed entry point behind ``predict`` and ``predict_batch``; ``labels`` name the series in errors.
         """
         if (
             not isinstance(df_list, (list, tuple))
@@ -218,38 +208,31 @@ class KronosPredictor:
                 f"df_list, x_timestamp_list and y_timestamp_list must be non-empty and of one length, got "
                 f"{len(df_list)}, {len(x_timestamp_list)} and {len(y_timestamp_list)}."
             )
-        pred_len = _check_int("pred_len", pred_len, 1, self.max_context)
-        sample_count = _check_int("sample_count", sample_count, 1)
-        try:
-            params = SamplingParams(T=T, top_k=top_k, top_p=top_p)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        levels = _check_quantiles(quantiles)
-        seeds = _series_seeds(seed, len(df_list))
-        labels = _labels or [f"df_list[{i}]" for i in range(len(df_list))]
+        if len(seeds) != len(df_list) or len(labels) != len(df_list):
+            raise InputError(f"give one seed and one label per series: {len(df_list)} series.")
+        pred_len = check_int("pred_len", pred_len, 1, self.max_context)
+        sample_count = check_int("sample_count", sample_count, 1)
+        seeds = [check_int(f"seed of {label}", s, 0, MAX_SEED) for s, label in zip(seeds, labels)]
+        levels = check_quantiles(quantiles)
         series = [
             self._prepare(df, x_ts, y_ts, pred_len, label)
             for df, x_ts, y_ts, label in zip(df_list, x_timestamp_list, y_timestamp_list, labels)
         ]
 
-        paths = self._sample_paths(series, seeds, sample_count, params, verbose)  # per series [S, pred_len, 6]
+        paths = self._sample_paths(series, seeds, sample_count, sampling, verbose)  # per series [S, pred_len, 6]
         results = []
         for s, normalised, series_seed in zip(series, paths, seeds):
-            mean = denormalise(np.mean(normalised, axis=0), s.mean, s.std)
-            mean_df = pd.DataFrame(mean, columns=FEATURE_COLUMNS, index=s.y_timestamp)
-            if not levels and not return_samples:
-                results.append(mean_df)
-                continue
             samples = denormalise(normalised, s.mean, s.std)
+            mean = denormalise(np.mean(normalised, axis=0), s.mean, s.std)
             qs = np.quantile(samples, levels, axis=0) if levels else []
             results.append(
                 Forecast(
-                    mean=mean_df,
+                    mean=pd.DataFrame(mean, columns=FEATURE_COLUMNS, index=s.y_timestamp),
                     quantiles={
                         q: pd.DataFrame(values, columns=FEATURE_COLUMNS, index=s.y_timestamp)
                         for q, values in zip(levels, qs)
                     },
-                    samples=samples if return_samples else None,
+                    samples=samples,
                     seed=series_seed,
                 )
             )

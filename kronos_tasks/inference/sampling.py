@@ -7,33 +7,13 @@ on the device, and no generator state crosses the host in the loop.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
+from .params import SamplingParams
+
+__all__ = ["SamplingParams", "filter_logits", "mix32", "sample_from_logits", "stream_keys", "uniforms"]
+
 _MASK32 = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is drawn: ``T`` divides the logits, then top-k, then top-p filtering apply.
-
-    ``top_k=0`` and ``top_p=1.0`` switch a filter off. Unlike upstream Kronos, which applies only top-k when
-    both are set, both filters apply in that order: top-p works on the top-k distribution, renormalised.
-    """
-
-    T: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-
-    def __post_init__(self) -> None:
-        if isinstance(self.T, bool) or not isinstance(self.T, (int, float)) or not math.isfinite(self.T) or self.T <= 0:
-            raise ValueError(f"T (temperature) must be a finite number > 0, got {self.T!r}.")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}.")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}.")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -66,6 +46,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash with full avalanche (C. Wellons' "lowbias32"), on int64 tensors."""
     x = x & _MASK32
     x = x ^ (x >> 16)
+    # The two multipliers and three shifts are the ones Wellons' search found to give the lowest bias.
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
     x = _mul32(x, 0x846CA68B)
@@ -74,8 +55,9 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 def stream_keys(seeds: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
     """One 32-bit key per row from a 63-bit series seed and the row's sample index (both int64 [R])."""
+    # 0x9E3779B9 is 2**32 / golden ratio: it keeps seed 0 away from the hash's fixed point at 0.
     key = mix32(seeds ^ 0x9E3779B9)
-    key = mix32(key ^ (seeds >> 32))
+    key = mix32(key ^ (seeds >> 32))  # the seed's high 31 bits, mixed in after its low 32
     return mix32(key ^ sample_index)
 
 
@@ -87,6 +69,7 @@ def uniforms(keys: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor
     """
     counters = 2 * torch.arange(steps, device=keys.device)[:, None] + torch.arange(2, device=keys.device)
     mixed = mix32(keys[:, None, None] ^ counters)  # [R, steps, 2]
+    # A second round with a fixed odd offset, so that draws are not a plain function of key ^ counter.
     bits = mix32(mixed + 0x632BE5AB) >> 8  # 24 bits: exact in float32
     return (bits.to(dtype) + 0.5) * 2.0**-24
 

@@ -17,6 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kronos_tasks.errors import KronosFlowError
+
 from .config import DEPENDENCY_LAYER_HEADS, ConfigError, KronosConfig, TokenizerConfig
 
 CONFIG_FILE = "config.json"
@@ -25,7 +27,7 @@ WEIGHTS_FILE = "model.safetensors"
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KronosFlowError, ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and what to do."""
 
 

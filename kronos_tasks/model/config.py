@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kronos_tasks.errors import KronosFlowError
+
 # Heads of the s2 cross-attention (the dependency-aware layer). Upstream builds that layer with its
 # default of 4 heads whatever the model's n_heads, and the published weights depend on it.
 DEPENDENCY_LAYER_HEADS = 4
 
 
-class ConfigError(ValueError):
+class ConfigError(KronosFlowError, ValueError):
     """A configuration that does not describe a Kronos tokenizer or model."""
 
 

@@ -1,8 +1,9 @@
-"""Task functions of the daily forecast: plan -> resolve -> ingest -> forecast -> persist -> log -> finish.
+"""Task functions of the daily forecast: plan and split -> ingest per shard -> forecast per shard -> persist -> log
+-> finish.
 
-Each function takes and returns plain JSON-able values (what Airflow passes between tasks) and can be
-called without Airflow. A run is identified by its DAG and logical date: re-running that date reuses
-its seed and replaces its rows.
+Each function takes and returns the typed payloads of ``payloads`` (what Airflow passes between tasks)
+and can be called without Airflow. A run is identified by its DAG and logical date: re-running that
+date reuses its seed and replaces its rows.
 """
 
 from __future__ import annotations
@@ -16,67 +17,73 @@ from typing import Any
 
 from kronos_tasks import __version__
 from kronos_tasks.data import DataError
+from kronos_tasks.data.watchlist import WatchItem, load_watchlist, parse_watchlist
+from kronos_tasks.errors import KronosFlowError, ParamsError
+from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.hashing import combine
-from kronos_tasks.inference import KronosPredictor, derive_seed
-from kronos_tasks.registry import PinnedPair
+from kronos_tasks.inference.params import InputError, check_int
 from kronos_tasks.storage import clear_staging, persist_run, read_bars, stage_forecasts
 from kronos_tasks.storage.bars import instrument
 
 from . import runtime
-from .forecasting import forecast_rows, make_window, predict_windows
 from .ingest import ingest_file
-from .params import ForecastParams, WatchItem, load_watchlist, parse_watchlist
+from .payloads import BatchResult, Failure, IngestedBatch, RunPlan, RunSummary, Shard
 
 log = logging.getLogger(__name__)
 
 INGEST_OVERLAP_BARS = 10  # bars before the last stored one that are re-read, so vendor corrections land
 
 
-class RunFailed(RuntimeError):
+class RunFailed(KronosFlowError, RuntimeError):
     """More symbols failed than the configured share allows; the run's rows are stored all the same."""
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def plan(
     params: dict[str, Any],
-    watchlist: Any,
     logical_date: datetime | str,
     dag_id: str,
     dag_run_id: str | None = None,
-    ingest_chunk_size: int = 50,
-) -> dict[str, Any]:
-    """Validate the run's parameters and watchlist, fix its seed and split the work into chunks and batches."""
+    max_failed_share: float | None = None,
+) -> RunPlan:
+    """Validate the run's parameters, pin the model once and fix the seed.
+
+    Every later task of the run uses exactly these versions and parameters; a re-run of the same
+    logical date gets the same seed.
+    """
     settings = runtime.settings()
-    forecast_params = ForecastParams.from_dict(params)
-    items = parse_watchlist(watchlist) if watchlist else load_watchlist(settings.watchlist)
+    requested = ForecastParams.from_dict(params)
+    share = settings.max_failed_share if max_failed_share is None else max_failed_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ParamsError(f"max_failed_share must be a number between 0 and 1, got {share!r}.")
     origin = runtime.utc(logical_date)
     run_id = f"{dag_id}@{origin.isoformat()}"
-    seed = forecast_params.seed if forecast_params.seed is not None else derive_seed(0, run_id)
+    model = requested.model or settings.model_alias
+    pinned = runtime.registry().resolve(model)
+    resolved = requested.resolve(pinned.max_context, model, settings.batch_size, seed_key=run_id)
     clear_staging(runtime.engine(), run_id)
-    entries = [item.to_dict() for item in items]
-    return {
-        "run_id": run_id,
-        "dag_id": dag_id,
-        "dag_run_id": dag_run_id,
-        "origin": origin.isoformat(),
-        "seed": seed,
-        "params": forecast_params.to_dict(),
-        "watchlist": entries,
-        "started_at": datetime.now(timezone.utc).isoformat(),
-        "ingest_chunks": _chunks(entries, ingest_chunk_size),
-        "forecast_batches": [
-            {"batch": f"batch-{i:04d}", "items": chunk}
-            for i, chunk in enumerate(_chunks(entries, forecast_params.batch_size))
-        ],
-    }
+    return RunPlan(
+        run_id=run_id,
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
+        origin=origin.isoformat(),
+        started_at=datetime.now(timezone.utc).isoformat(),
+        params=resolved,
+        pinned=pinned,
+        max_failed_share=float(share),
+    )
 
 
-def resolve_model(ref: str) -> dict[str, Any]:
-    """Pin the model reference (alias or version) once per run: every batch then uses exactly these versions."""
-    return runtime.registry().resolve(ref).to_dict()
+def split_watchlist(watchlist: Any, symbols_per_task: int | None = None) -> list[Shard]:
+    """The run's watchlist (given, else the KRONOS_WATCHLIST file), validated and cut into shards of
+    ``symbols_per_task`` consecutive entries (default: KRONOS_SYMBOLS_PER_TASK)."""
+    settings = runtime.settings()
+    items = parse_watchlist(watchlist) if watchlist else load_watchlist(settings.watchlist)
+    size = settings.symbols_per_task if symbols_per_task is None else symbols_per_task
+    try:
+        check_int("symbols_per_task", size, 1)
+    except InputError as exc:
+        raise ParamsError(str(exc)) from None
+    return [Shard(i, tuple(items[start : start + size])) for i, start in enumerate(range(0, len(items), size))]
 
 
 def _source_file(item: WatchItem, data_dir: Path) -> Path:
@@ -93,17 +100,15 @@ def _source_file(item: WatchItem, data_dir: Path) -> Path:
     )
 
 
-def ingest_chunk(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Ingest the new bars of some watchlist symbols -> {"written": {symbol: rows}, "failed": {symbol: reason}}."""
+def ingest(shard: Shard) -> IngestedBatch:
+    """Ingest the new bars of one shard's symbols; a symbol that fails is reported, not raised."""
     settings, engine = runtime.settings(), runtime.engine()
     written, failed = {}, {}
-    for entry in entries:
-        item = WatchItem(**entry)
+    for item in shard.items:
         try:
             path = _source_file(item, settings.data_dir)
-            known = instrument(engine, item.symbol, item.interval)
             since = None
-            if known is not None:
+            if instrument(engine, item.symbol, item.interval) is not None:
                 last = read_bars(engine, item.symbol, item.interval, limit=INGEST_OVERLAP_BARS)
                 since = last["ts"].iloc[0] if len(last) else None
             result = ingest_file(
@@ -116,169 +121,154 @@ def ingest_chunk(entries: list[dict[str, Any]]) -> dict[str, Any]:
         if item.symbol in result.failed:
             failed[item.symbol] = result.failed[item.symbol]
         log.info("ingested %s: %s", item.symbol, result.render())
-    return {"written": written, "failed": failed}
+    return IngestedBatch(shard, written, failed)
 
 
-def forecast_batch(
-    run: dict[str, Any], pinned: dict[str, Any], batch: dict[str, Any], skip: list[str] | None = None
-) -> dict[str, Any]:
-    """Forecast one batch of symbols and stage the rows; a symbol that fails is reported, not raised.
+def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
+    """Forecast the symbols of an ingested shard and stage their rows; a symbol that fails is reported, not raised.
 
-    The pinned versions are fetched (or taken from the cache) on this worker and checked against the
-    checksums pinned at the start of the run.
+    Symbols whose ingest failed are not forecast. The pinned versions are fetched (or taken from the
+    cache) on this worker and checked against the checksums pinned by the plan.
     """
+    from kronos_tasks.forecasting.engine import pinned_predictor
+    from kronos_tasks.forecasting.windows import forecast_rows, make_window, predict_windows
+
     started = time.perf_counter()
     settings, engine = runtime.settings(), runtime.engine()
-    params = ForecastParams.from_dict(run["params"])
-    wanted = PinnedPair.from_dict(pinned)
+    params, wanted = run.params, run.pinned
     pair = runtime.registry().resolve(f"{wanted.model_name}/{wanted.model_version}")
-    if (pair.model_sha256, pair.tokenizer_sha256, pair.tokenizer_version) != (
-        wanted.model_sha256,
-        wanted.tokenizer_sha256,
-        wanted.tokenizer_version,
-    ):
+    if not pair.same_weights(wanted):
         raise RuntimeError(
             f"the registry no longer serves the pinned {wanted.model_name} version "
             f"{wanted.model_version} unchanged; re-run the whole DAG run to pin again."
         )
-    device = runtime.torch_device(settings.device)
-    tokenizer, model = pair.load(device)
-    predictor = KronosPredictor(
-        model, tokenizer, device=device, max_context=pair.max_context, batch_size=params.batch_size
-    )
+    predictor = pinned_predictor(pair, settings.device, params.batch_size)
     loaded = time.perf_counter()
 
-    skip = set(skip or [])
-    failed: dict[str, dict[str, str]] = {}
+    shard = ingested.shard
+    failed = {symbol: Failure("ingest", reason) for symbol, reason in ingested.failed.items()}
     windows = []
-    origin = runtime.utc(run["origin"])
-    for entry in batch["items"]:
-        item = WatchItem(**entry)
-        if item.symbol in skip:
+    origin = runtime.utc(run.origin)
+    for item in shard.items:
+        if item.symbol in failed:
             continue
         try:
-            bars = read_bars(engine, item.symbol, item.interval, end=origin, limit=params.window(pair.max_context))
+            bars = read_bars(engine, item.symbol, item.interval, end=origin, limit=params.lookback)
             windows.append(make_window(item, bars, params, pair.max_context))
         except DataError as exc:
-            failed[item.symbol] = {"stage": "window", "reason": str(exc)}
-    predicted, errors = predict_windows(predictor, windows, params, run["seed"])
-    failed.update({symbol: {"stage": "forecast", "reason": reason} for symbol, reason in errors.items()})
+            failed[item.symbol] = Failure("window", str(exc))
+    predicted, errors = predict_windows(predictor, windows, params, run.seed)
+    failed.update({symbol: Failure("forecast", reason) for symbol, reason in errors.items()})
     rows = [
         row
         for window in windows
         if window.symbol in predicted
-        for row in forecast_rows(run["run_id"], window, predicted[window.symbol])
+        for row in forecast_rows(run.run_id, window, predicted[window.symbol])
     ]
     forecast_seconds = time.perf_counter() - loaded
-    stage_forecasts(engine, run["run_id"], batch["batch"], rows)
-    return {
-        "batch": batch["batch"],
-        "ok": sorted(predicted),
-        "failed": failed,
-        "hashes": {w.symbol: w.sha256 for w in windows if w.symbol in predicted},
-        "bars": len(predicted) * params.sample_count * params.pred_len,
-        "forecast_seconds": forecast_seconds,
-        "load_seconds": loaded - started,
-        "device": device,
-        "host": socket.gethostname(),
-    }
+    stage_forecasts(engine, run.run_id, f"shard-{shard.index:04d}", rows)
+    return BatchResult(
+        shard=shard.index,
+        ok=tuple(sorted(predicted)),
+        failed=failed,
+        hashes={w.symbol: w.sha256 for w in windows if w.symbol in predicted},
+        bars=len(predicted) * params.sample_count * params.pred_len,
+        forecast_seconds=forecast_seconds,
+        load_seconds=loaded - started,
+        device=str(predictor.device),
+        host=socket.gethostname(),
+    )
 
 
-def persist(
-    run: dict[str, Any], pinned: dict[str, Any], ingested: list[dict[str, Any]], forecasted: list[dict[str, Any]]
+def run_row(
+    run: RunPlan, shards: list[Shard], results: list[BatchResult], status: str, finished_at: datetime
 ) -> dict[str, Any]:
-    """Write the run, its staged forecasts and its failures in one transaction -> the run's summary."""
-    settings = runtime.settings()
-    params = ForecastParams.from_dict(run["params"])
-    pair = PinnedPair.from_dict(pinned)
-    now = datetime.now(timezone.utc)
-    failed: dict[str, dict[str, str]] = {}
-    for result in ingested:
-        for symbol, reason in result["failed"].items():
-            failed.setdefault(symbol, {"stage": "ingest", "reason": reason})
-    for result in forecasted:
-        for symbol, failure in result["failed"].items():
-            failed.setdefault(symbol, failure)
-    ok = sorted(s for result in forecasted for s in result["ok"] if s not in failed)
-    hashes = {s: h for result in forecasted for s, h in result["hashes"].items()}
-    seconds = sum(r["forecast_seconds"] for r in forecasted)
-    bars = sum(r["bars"] for r in forecasted)
-    total = len(run["watchlist"])
-    status = "success" if not failed else ("failed" if not ok else "partial")
-    row = {
-        "run_id": run["run_id"],
+    """The forecast_runs row of a run from its plan, its shards and their results."""
+    params = run.params
+    ok = [s for r in results for s in r.ok]
+    failed = sum(len(r.failed) for r in results)
+    hashes = {s: h for r in results for s, h in r.hashes.items()}
+    seconds = sum(r.forecast_seconds for r in results)
+    bars = sum(r.bars for r in results)
+    return {
+        "run_id": run.run_id,
         "kind": "daily",
-        "dag_id": run["dag_id"],
-        "logical_date": runtime.utc(run["origin"]),
+        "dag_id": run.dag_id,
+        "logical_date": runtime.utc(run.origin),
         "status": status,
-        "started_at": runtime.utc(run["started_at"]),
-        "finished_at": now,
-        "lookback": params.window(pair.max_context),
+        "started_at": runtime.utc(run.started_at),
+        "finished_at": finished_at,
+        "lookback": params.lookback,
         "pred_len": params.pred_len,
         "temperature": params.T,
         "top_k": params.top_k,
         "top_p": params.top_p,
         "sample_count": params.sample_count,
         "quantiles": list(params.quantiles),
-        "seed": run["seed"],
-        "max_context": pair.max_context,
+        "seed": run.seed,
         "batch_size": params.batch_size,
-        "device": ",".join(sorted({r["device"] for r in forecasted})) or "none",
-        "model_name": pair.model_name,
-        "model_version": pair.model_version,
-        "model_sha256": pair.model_sha256,
-        "tokenizer_name": pair.tokenizer_name,
-        "tokenizer_version": pair.tokenizer_version,
-        "tokenizer_sha256": pair.tokenizer_sha256,
-        "model_alias": pair.alias,
+        "device": ",".join(sorted({r.device for r in results})) or "none",
+        **run.pinned.audit_fields(),
         "mlflow_run_id": None,
         "data_window_hash": combine(hashes) if hashes else None,
         "code_version": __version__,
         "symbols_ok": len(ok),
-        "symbols_failed": len(failed),
+        "symbols_failed": failed,
         "bars_per_second": bars / seconds if seconds else None,
-        "timings": {"forecast_seconds": seconds, "load_seconds": sum(r["load_seconds"] for r in forecasted)},
+        "timings": {"forecast_seconds": seconds, "load_seconds": sum(r.load_seconds for r in results)},
         "extra": {
-            "dag_run_id": run["dag_run_id"],
-            "params": run["params"],
-            "watchlist": run["watchlist"],
+            "dag_run_id": run.dag_run_id,
+            "params": params.to_dict(),
+            "watchlist": [item.to_dict() for shard in shards for item in shard.items],
             "window_hashes": hashes,
-            "hosts": sorted({r["host"] for r in forecasted}),
-            "trained_model": pair.trained,
+            "hosts": sorted({r.host for r in results}),
+            "trained_model": run.pinned.trained,
+            "shards": len(shards),
         },
     }
+
+
+def persist(run: RunPlan, shards: list[Shard], results: list[BatchResult]) -> RunSummary:
+    """Write the run, its staged forecasts and its failures in one transaction -> the run's summary."""
+    now = datetime.now(timezone.utc)
+    failed: dict[str, Failure] = {s: f for r in results for s, f in r.failed.items()}
+    ok = [s for r in results for s in r.ok]
+    status = "success" if not failed else ("failed" if not ok else "partial")
+    row = run_row(run, shards, results, status, now)
     failures = [
-        {"run_id": run["run_id"], "symbol": s, "stage": f["stage"], "reason": f["reason"][:4000], "recorded_at": now}
+        {"run_id": run.run_id, "symbol": s, "stage": f.stage, "reason": f.reason[:4000], "recorded_at": now}
         for s, f in sorted(failed.items())
     ]
     rows = persist_run(runtime.engine(), row, None, failures)
-    return {
-        "run_id": run["run_id"],
-        "status": status,
-        "symbols_ok": ok,
-        "symbols_failed": failed,
-        "failed_share": len(failed) / total if total else 0.0,
-        "forecast_rows": rows,
-        "bars_per_second": row["bars_per_second"],
-        "seconds": seconds,
-        "max_failed_share": settings.max_failed_share,
-    }
+    total = sum(len(shard.items) for shard in shards)
+    return RunSummary(
+        run_id=run.run_id,
+        status=status,
+        symbols_ok=len(ok),
+        symbols_failed=len(failed),
+        failures=failed,
+        forecast_rows=rows,
+        forecast_seconds=row["timings"]["forecast_seconds"],
+        bars_per_second=row["bars_per_second"],
+        failed_share=len(failed) / total if total else 0.0,
+        max_failed_share=run.max_failed_share,
+        devices=tuple(sorted({r.device for r in results})),
+    )
 
 
-def finish(summary: dict[str, Any], max_failed_share: float | None = None) -> dict[str, Any]:
-    """Fail the run when more symbols failed than allowed (after everything was stored and logged)."""
-    limit = summary["max_failed_share"] if max_failed_share is None else max_failed_share
-    if summary["failed_share"] > limit:
-        reasons = "; ".join(f"{s}: {f['reason']}" for s, f in list(summary["symbols_failed"].items())[:10])
+def finish(summary: RunSummary) -> RunSummary:
+    """Fail the run when more symbols failed than its plan allows (after everything was stored and logged)."""
+    if summary.failed_share > summary.max_failed_share:
+        reasons = "; ".join(f"{s}: {f.reason}" for s, f in list(summary.failures.items())[:10])
         raise RunFailed(
-            f"{len(summary['symbols_failed'])} symbol(s) failed ({summary['failed_share']:.0%} > "
-            f"{limit:.0%} allowed): {reasons}"
+            f"{summary.symbols_failed} symbol(s) failed ({summary.failed_share:.0%} > "
+            f"{summary.max_failed_share:.0%} allowed): {reasons}"
         )
     log.info(
         "run %s: %d symbol(s) forecast, %d failed, %d rows",
-        summary["run_id"],
-        len(summary["symbols_ok"]),
-        len(summary["symbols_failed"]),
-        summary["forecast_rows"],
+        summary.run_id,
+        summary.symbols_ok,
+        summary.symbols_failed,
+        summary.forecast_rows,
     )
     return summary

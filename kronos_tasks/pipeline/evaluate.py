@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kronos_tasks.evaluation import scoring  # noqa: E402
-from kronos_tasks.registry import client, ensure_experiment  # noqa: E402
+from kronos_tasks.registry.mlflow_setup import client, ensure_experiment  # noqa: E402
+from kronos_tasks.registry.runs import record_run  # noqa: E402
 
 from . import runtime  # noqa: E402
 
@@ -55,27 +56,22 @@ def log_versions(run_ids: list[str], evaluation_id: str) -> dict[str, str]:
     experiment = ensure_experiment(mlflow, EXPERIMENT, settings.mlflow_artifact_root)
     logged = {}
     for version, scores in scoring.by_version(runtime.engine(), run_ids).items():
-        for old in mlflow.search_runs(
-            [experiment], f"tags.`kronos.evaluation` = '{evaluation_id}' and tags.`kronos.model` = '{version}'"
-        ):
-            mlflow.delete_run(old.info.run_id)
-        run = mlflow.create_run(
-            experiment,
-            run_name=f"{version} @ {evaluation_id}",
-            tags={"kronos.evaluation": evaluation_id, "kronos.model": version},
-        )
-        run_id = run.info.run_id
-        mlflow.log_param(run_id, "forecast_runs", ",".join(scores["runs"])[:6000])
-        mlflow.log_metric(run_id, "points", scores["points"])
+        metrics = {"points": scores["points"]}
         for method in ("model", "persistence"):
-            for metric, value in scores[method].items():
-                if value == value:  # not NaN
-                    mlflow.log_metric(run_id, f"{method}_{metric}", float(value))
+            metrics.update({f"{method}_{metric}": value for metric, value in scores[method].items()})
         with tempfile.TemporaryDirectory() as folder:
             reliability_plot(
                 scores["reliability"], f"{version}: P(close up) calibration", Path(folder) / "reliability.png"
             )
-            mlflow.log_artifacts(run_id, folder)
-        mlflow.set_terminated(run_id)
-        logged[version] = run_id
+            identity = {"evaluation": evaluation_id, "model": version}
+            logged[version] = record_run(
+                mlflow,
+                experiment,
+                f"{version} @ {evaluation_id}",
+                tags=identity,
+                params={"forecast_runs": ",".join(scores["runs"])},
+                metrics=metrics,
+                artifacts=Path(folder),
+                replaces=identity,
+            )
     return logged

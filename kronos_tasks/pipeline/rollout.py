@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from kronos_tasks.data.watchlist import WatchItem, load_watchlist, parse_watchlist
+from kronos_tasks.errors import ParamsError
 from kronos_tasks.evaluation.backtest import run_backtest, select_origins
 from kronos_tasks.evaluation.metrics import json_safe
-from kronos_tasks.inference import KronosPredictor
-from kronos_tasks.registry import PinnedPair, RegistryError, ensure_experiment
+from kronos_tasks.forecasting.engine import pinned_predictor
+from kronos_tasks.forecasting.params import ForecastParams
+from kronos_tasks.forecasting.windows import make_window, predict_windows
+from kronos_tasks.registry.mlflow_setup import RegistryError, ensure_experiment
+from kronos_tasks.registry.pinned import PinnedPair
 from kronos_tasks.registry.registry import REGISTRY_EXPERIMENT
+from kronos_tasks.registry.runs import record_run
 from kronos_tasks.storage import read_bars, record_decision
 
 from . import runtime
-from .forecasting import make_window, predict_windows
-from .params import ForecastParams, WatchItem, load_watchlist, parse_watchlist
 
 
 @dataclass(frozen=True)
@@ -37,53 +41,55 @@ def _items(watchlist: Any) -> list[WatchItem]:
     return parse_watchlist(watchlist) if watchlist else load_watchlist(runtime.settings().watchlist)
 
 
-def _predictor(pair: PinnedPair, batch_size: int) -> KronosPredictor:
-    device = runtime.torch_device(runtime.settings().device)
-    tokenizer, model = pair.load(device)
-    return KronosPredictor(model, tokenizer, device=device, max_context=pair.max_context, batch_size=batch_size)
+def _predictor(pair: PinnedPair, params: ForecastParams):
+    settings = runtime.settings()
+    return pinned_predictor(pair, settings.device, params.batch_size or settings.batch_size)
 
 
-def verify(candidate: str, watchlist: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Pin the candidate (downloads are checked against their SHA-256), check its tokenizer, smoke-forecast."""
+def choose(rollback: bool, candidate: str | None) -> str:
+    """The branch a rollout takes: ``rollback`` when asked, else ``verify`` (which needs a candidate)."""
+    if rollback:
+        return "rollback"
+    if not candidate:
+        raise ParamsError("set the candidate param to a model version (or rollback to true).")
+    return "verify"
+
+
+def verify(candidate: str, watchlist: Any, params: dict[str, Any]) -> PinnedPair:
+    """Pin the candidate (downloads are checked against their SHA-256), check its pair and smoke-forecast."""
     registry = runtime.registry()
     pair = registry.resolve(f"{registry.model_name}/{candidate}")
-    tokenizer, model = pair.load("cpu")
-    if (tokenizer.config.s1_bits, tokenizer.config.s2_bits) != (model.config.s1_bits, model.config.s2_bits):
-        raise RegistryError(f"candidate {candidate}: tokenizer and model bit sizes differ.")
     smoke = ForecastParams.from_dict({**params, "pred_len": 4, "sample_count": 2, "lookback": 64, "min_history": 16})
     windows = []
     for item in _items(watchlist)[:2]:
         bars = read_bars(runtime.engine(), item.symbol, item.interval, limit=smoke.window(pair.max_context))
         windows.append(make_window(item, bars, smoke, pair.max_context))
-    predicted, failed = predict_windows(_predictor(pair, 8), windows, smoke, 0)
+    predicted, failed = predict_windows(_predictor(pair, smoke), windows, smoke, 0)
     values = [f.samples for f in predicted.values()]
     if failed or not values or not all(np.isfinite(v).all() for v in values):
         raise RegistryError(f"candidate {candidate} failed its smoke forecast: {failed or 'non-finite output'}")
-    return pair.to_dict()
+    return pair
 
 
-def champion(alias: str) -> dict[str, Any] | None:
+def champion(alias: str) -> PinnedPair | None:
     """The pinned pair the alias holds now, or None."""
     registry = runtime.registry()
     if registry.holder(alias) is None:
         return None
-    return registry.resolve(f"{registry.model_name}@{alias}").to_dict()
+    return registry.resolve(f"{registry.model_name}@{alias}")
 
 
 def backtest(
-    pinned: dict[str, Any] | None, watchlist: Any, params: dict[str, Any], origins: int, stride: int, seed: int
+    pair: PinnedPair | None, watchlist: Any, params: dict[str, Any], origins: int, stride: int, seed: int
 ) -> dict[str, Any] | None:
     """Backtest scores of a pinned pair on the latest windows of the watchlist (same origins and seeds for all)."""
-    if pinned is None:
+    if pair is None:
         return None
-    pair = PinnedPair.from_dict(pinned)
-    forecast_params = ForecastParams.from_dict(params)
+    forecast_params = ForecastParams.from_dict(params, pair.max_context)
     chosen = select_origins(
         runtime.engine(), _items(watchlist), forecast_params, pair.max_context, origins, stride, seed
     )
-    result = run_backtest(
-        chosen, forecast_params, _predictor(pair, forecast_params.batch_size), f"{pair.model_name}/{pair.model_version}"
-    )
+    result = run_backtest(chosen, forecast_params, _predictor(pair, forecast_params), pair.label)
     return {"label": result.model_label, "version": pair.model_version, "scores": result.scores}
 
 
@@ -146,26 +152,23 @@ def _record(
     numbers: dict[str, Any],
     dag_run_id: str | None,
 ) -> str:
-    settings = runtime.settings()
+    """Store a decision in the model_decisions table and as an MLflow run -> the MLflow run id."""
     registry = runtime.registry()
-    experiment = ensure_experiment(registry.client, REGISTRY_EXPERIMENT, settings.mlflow_artifact_root)
-    run = registry.client.create_run(
+    experiment = ensure_experiment(registry.client, REGISTRY_EXPERIMENT, runtime.settings().mlflow_artifact_root)
+    run_id = record_run(
+        registry.client,
         experiment,
-        run_name=f"rollout decision: {action} {candidate or ''} @{alias}",
-        tags={"kronos.action": f"decision:{action}", "kronos.alias": alias, "kronos.dag_run_id": str(dag_run_id)},
+        f"rollout decision: {action} {candidate or ''} @{alias}",
+        tags={"action": f"decision:{action}", "alias": alias, "dag_run_id": dag_run_id},
+        params={
+            "action": action,
+            "alias": alias,
+            "candidate_version": candidate or "",
+            "previous_version": previous or "",
+            "reason": reason,
+        },
+        metrics=numbers,
     )
-    for key, value in {
-        "action": action,
-        "alias": alias,
-        "candidate_version": candidate or "",
-        "previous_version": previous or "",
-        "reason": reason[:500],
-    }.items():
-        registry.client.log_param(run.info.run_id, key, value)
-    for key, value in numbers.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
-            registry.client.log_metric(run.info.run_id, key, float(value))
-    registry.client.set_terminated(run.info.run_id)
     record_decision(
         runtime.engine(),
         {
@@ -177,31 +180,32 @@ def _record(
             "actor": f"airflow:{dag_run_id}" if dag_run_id else "kronos-flow",
             "reason": reason,
             "metrics": numbers,
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run_id,
             "dag_run_id": dag_run_id,
         },
     )
-    return run.info.run_id
+    return run_id
 
 
-def apply(decision: dict[str, Any], candidate: dict[str, Any], alias: str, dag_run_id: str | None) -> dict[str, Any]:
+def apply(decision: dict[str, Any], candidate: PinnedPair, alias: str, dag_run_id: str | None) -> dict[str, Any]:
     """Carry out a decision: move the alias on promote, record every decision either way."""
     registry = runtime.registry()
-    pair = PinnedPair.from_dict(candidate)
     previous = registry.holder(alias)
     reason = "; ".join(decision["reasons"])
     if decision["action"] in ("promote", "force_promote"):
         registry.promote(
-            pair.model_version,
+            candidate.model_version,
             alias,
             reason=f"{decision['action']}: {reason}",
             actor=f"airflow:{dag_run_id}" if dag_run_id else None,
         )
-    run_id = _record(decision["action"], alias, pair.model_version, previous, reason, decision["numbers"], dag_run_id)
+    run_id = _record(
+        decision["action"], alias, candidate.model_version, previous, reason, decision["numbers"], dag_run_id
+    )
     return {
         **decision,
         "alias": alias,
-        "candidate_version": pair.model_version,
+        "candidate_version": candidate.model_version,
         "previous_version": previous,
         "mlflow_run_id": run_id,
     }

@@ -7,7 +7,6 @@ Exits 0 when the run succeeds, 1 otherwise. Meant to run with the environment of
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from datetime import datetime
@@ -16,11 +15,13 @@ from kronos_tasks.pipeline.airflow_env import dags_folder
 
 
 def load_dag(dag_id: str):
-    path = dags_folder() / f"{dag_id}.py"
-    spec = importlib.util.spec_from_file_location(dag_id, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
+    """The DAG ``dag_id`` from its file in the dags folder (``dags/<dag_id>.py``)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder() / f"{dag_id}.py"))
+    if dag_id not in bag.dags:
+        raise SystemExit(f"no DAG {dag_id} in {dags_folder()}: {bag.import_errors or 'not defined there'}")
+    return bag.dags[dag_id]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from sqlalchemy import Engine
 
+from kronos_tasks.errors import ParamsError
 from kronos_tasks.settings import Settings, load
 from kronos_tasks.storage import make_engine, require_schema
 
@@ -29,23 +30,14 @@ def engine() -> Engine:
 
 
 def registry():
-    from kronos_tasks.registry import Registry
+    from kronos_tasks.registry.registry import Registry
 
     return Registry(settings())
-
-
-def torch_device(requested: str) -> str:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
-    if requested != "auto":
-        return requested
-    from kronos_tasks.inference.predictor import default_device
-
-    return default_device()
 
 
 def utc(moment: datetime | str) -> datetime:
     """A plain ``datetime`` in UTC from an aware datetime (pendulum's too) or ISO text; naive input is refused."""
     moment = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment!r} has no timezone.")
+        raise ParamsError(f"{moment!r} has no timezone; give the time with its offset.")
     return datetime.fromtimestamp(moment.timestamp(), timezone.utc)

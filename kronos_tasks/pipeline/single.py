@@ -1,18 +1,28 @@
-"""``kronos-flow forecast``: one CSV of bars in, one CSV of forecasts out, without Airflow or a database."""
+"""``kronos-flow forecast``: one file of bars in, one CSV of forecasts out, without Airflow or a database."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from kronos_tasks.data import DataError, Interval, exchange_timezone, read_series, validate
-from kronos_tasks.inference import KronosPredictor
-from kronos_tasks.model import Kronos, KronosTokenizer
+from kronos_tasks.data.watchlist import WatchItem
+from kronos_tasks.forecasting.engine import load_predictor
+from kronos_tasks.forecasting.params import ForecastParams
+from kronos_tasks.forecasting.windows import forecast_rows, make_window, predict_windows
 
 from . import runtime
-from .forecasting import forecast_rows, make_window, predict_windows
-from .params import ForecastParams, WatchItem
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Local checkpoint folders to forecast with instead of a registered pair."""
+
+    tokenizer: Path
+    model: Path
+    max_context: int
 
 
 def wide_frame(rows: list[dict], timezone: str) -> pd.DataFrame:
@@ -32,36 +42,47 @@ def wide_frame(rows: list[dict], timezone: str) -> pd.DataFrame:
     return out
 
 
-def forecast_csv(args) -> Path:
+def forecast_file(
+    bars_file: Path,
+    out: Path,
+    exchange: str,
+    params: ForecastParams,
+    *,
+    interval: str | None = None,
+    checkpoints: Checkpoints | None = None,
+    device: str | None = None,
+) -> tuple[ForecastParams, str]:
+    """Forecast every symbol of ``bars_file`` with the registered ``params.model`` (or local ``checkpoints``)
+    and write the wide forecast table to ``out`` -> (the parameters resolved for it, what model made it).
+
+    Without a seed, the seed derives from the file's name, so the same file forecasts the same way.
+    """
     settings = runtime.settings()
-    zone = exchange_timezone(args.exchange)
-    series = read_series(Path(args.csv), zone, interval=Interval.parse(args.interval) if args.interval else None)
-    params = ForecastParams.from_options(args)
-    device = runtime.torch_device(args.device or settings.device)
-    if args.checkpoints:
-        tokenizer = KronosTokenizer.from_pretrained(args.checkpoints[0], device)
-        model = Kronos.from_pretrained(args.checkpoints[1], device)
-        max_context = args.max_context
+    zone = exchange_timezone(exchange)
+    series = read_series(bars_file, zone, interval=Interval.parse(interval) if interval else None)
+    model = params.model or settings.model_alias
+    if checkpoints is not None:
+        tokenizer_path, model_path, max_context = checkpoints.tokenizer, checkpoints.model, checkpoints.max_context
+        label = f"checkpoints {checkpoints.tokenizer} + {checkpoints.model}"
     else:
-        pair = runtime.registry().resolve(args.model)
-        tokenizer, model = pair.load(device)
-        max_context = pair.max_context
-    params.check(max_context)
-    predictor = KronosPredictor(model, tokenizer, device=device, max_context=max_context)
+        pair = runtime.registry().resolve(model)
+        tokenizer_path, model_path, max_context = pair.tokenizer_path, pair.model_path, pair.max_context
+        label = pair.label
+    params = params.resolve(max_context, model, settings.batch_size, seed_key=bars_file.name)
+    predictor = load_predictor(tokenizer_path, model_path, max_context, device or settings.device, params.batch_size)
 
     windows = []
     for item in series:
         kept, report = validate(item.symbol, item.bars, item.interval, zone)
         if item.symbol in report.rejected_symbols:
-            raise DataError(f"{args.csv}: {item.symbol} rejected by validation:\n{report.render()}")
+            raise DataError(f"{bars_file}: {item.symbol} rejected by validation:\n{report.render()}")
         bars = kept[["ts", "open", "high", "low", "close", "volume", "amount"]]
-        watch = WatchItem(item.symbol, args.exchange.upper(), str(item.interval), None, zone)
+        watch = WatchItem(item.symbol, exchange.upper(), str(item.interval), None, zone)
         windows.append(make_window(watch, bars, params, max_context))
-    predicted, failed = predict_windows(predictor, windows, params, params.seed or 0)
+    predicted, failed = predict_windows(predictor, windows, params, params.seed)
     if failed:
         raise DataError("; ".join(f"{symbol}: {reason}" for symbol, reason in failed.items()))
     rows = [row for w in windows for row in forecast_rows("cli", w, predicted[w.symbol])]
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wide_frame(rows, zone).to_csv(out, index=False)
-    return out
+    return params, label

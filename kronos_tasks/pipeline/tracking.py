@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -13,12 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from kronos_tasks.registry import PinnedPair, client, ensure_experiment  # noqa: E402
+from kronos_tasks.forecasting.windows import summary_frame  # noqa: E402
+from kronos_tasks.registry.mlflow_setup import client, ensure_experiment  # noqa: E402
+from kronos_tasks.registry.runs import record_run  # noqa: E402
 from kronos_tasks.storage import read_bars, update_run  # noqa: E402
 from kronos_tasks.storage.models import Forecast  # noqa: E402
 
 from . import runtime  # noqa: E402
-from .forecasting import summary_frame  # noqa: E402
+from .payloads import RunPlan, RunSummary  # noqa: E402
 
 FAN_CHART_SYMBOLS = 4
 HISTORY_SHOWN = 60
@@ -67,65 +68,59 @@ def fan_chart(frame: pd.DataFrame, path: Path, symbols: list[str], interval_of: 
     plt.close(figure)
 
 
-def log_run(run: dict[str, Any], pinned: dict[str, Any], summary: dict[str, Any]) -> str:
-    """One MLflow run per forecast run (earlier attempts of the same run are marked deleted) -> its run id."""
+def log_run(run: RunPlan, summary: RunSummary) -> str:
+    """One MLflow run per forecast run (earlier attempts of the same run are deleted) -> its run id."""
     settings = runtime.settings()
     mlflow = client(settings)
     experiment = ensure_experiment(mlflow, settings.mlflow_experiment, settings.mlflow_artifact_root)
-    for old in mlflow.search_runs([experiment], f"tags.`kronos.run_id` = '{run['run_id']}'"):
-        mlflow.delete_run(old.info.run_id)  # a re-run replaces the earlier record, as in the database
-    pair = PinnedPair.from_dict(pinned)
-    record = mlflow.create_run(
-        experiment,
-        run_name=run["run_id"],
-        tags={
-            "kronos.run_id": run["run_id"],
-            "kronos.dag_id": run["dag_id"],
-            "kronos.dag_run_id": str(run["dag_run_id"]),
-            "kronos.model": f"{pair.model_name}/{pair.model_version}",
-            "kronos.tokenizer": f"{pair.tokenizer_name}/{pair.tokenizer_version}",
-            "kronos.model_alias": str(pair.alias),
-            "kronos.trained_model": str(pair.trained).lower(),
-            "kronos.status": summary["status"],
-        },
-    )
-    run_id = record.info.run_id
+    pair = run.pinned
     params = {
-        **{k: v for k, v in run["params"].items()},
-        "seed": run["seed"],
-        "origin": run["origin"],
-        "model_name": pair.model_name,
-        "model_version": pair.model_version,
-        "model_sha256": pair.model_sha256,
-        "tokenizer_name": pair.tokenizer_name,
-        "tokenizer_version": pair.tokenizer_version,
-        "tokenizer_sha256": pair.tokenizer_sha256,
-        "max_context": pair.max_context,
-        "symbols": len(run["watchlist"]),
-        "device": settings.device,
+        **run.params.to_dict(),
+        "origin": run.origin,
+        **pair.audit_fields(),
+        "symbols": summary.symbols_ok + summary.symbols_failed,
+        "device": ",".join(summary.devices) or settings.device,
     }
-    for key, value in params.items():
-        mlflow.log_param(run_id, key, str(value)[:6000])
     metrics = {
-        "symbols_ok": len(summary["symbols_ok"]),
-        "symbols_failed": len(summary["symbols_failed"]),
-        "failed_share": summary["failed_share"],
-        "forecast_rows": summary["forecast_rows"],
-        "forecast_seconds": summary["seconds"],
-        "bars_per_second": summary["bars_per_second"] or 0.0,
+        "symbols_ok": summary.symbols_ok,
+        "symbols_failed": summary.symbols_failed,
+        "failed_share": summary.failed_share,
+        "forecast_rows": summary.forecast_rows,
+        "forecast_seconds": summary.forecast_seconds,
+        "bars_per_second": summary.bars_per_second,
     }
-    for key, value in metrics.items():
-        mlflow.log_metric(run_id, key, float(value))
-    frame = _forecast_frame(run["run_id"])
+    tags = {
+        "run_id": run.run_id,
+        "dag_id": run.dag_id,
+        "dag_run_id": run.dag_run_id,
+        "model": f"{pair.model_name}/{pair.model_version}",
+        "tokenizer": f"{pair.tokenizer_name}/{pair.tokenizer_version}",
+        "model_alias": pair.alias,
+        "trained_model": str(pair.trained).lower(),
+        "status": summary.status,
+    }
+    frame = _forecast_frame(run.run_id)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         frame.to_csv(out / "forecasts.csv", index=False)
-        failures = pd.DataFrame([{"symbol": s, **f} for s, f in summary["symbols_failed"].items()])
+        failures = pd.DataFrame(
+            [{"symbol": s, "stage": f.stage, "reason": f.reason} for s, f in summary.failures.items()],
+            columns=["symbol", "stage", "reason"],
+        )
         failures.to_csv(out / "failures.csv", index=False)
         if not frame.empty:
-            intervals = {item["symbol"]: item["interval"] for item in run["watchlist"]}
-            fan_chart(frame, out / "fan_chart.png", sorted(frame["symbol"].unique()), intervals)
-        mlflow.log_artifacts(run_id, folder)
-    mlflow.set_terminated(run_id, "FINISHED" if summary["status"] != "failed" else "FAILED")
-    update_run(runtime.engine(), run["run_id"], mlflow_run_id=run_id)
+            intervals = dict(zip(frame["symbol"], frame["interval"]))
+            fan_chart(frame, out / "fan_chart.png", sorted(intervals), intervals)
+        run_id = record_run(
+            mlflow,
+            experiment,
+            run.run_id,
+            tags=tags,
+            params=params,
+            metrics=metrics,
+            artifacts=out,
+            failed=summary.status == "failed",
+            replaces={"run_id": run.run_id},
+        )
+    update_run(runtime.engine(), run.run_id, mlflow_run_id=run_id)
     return run_id

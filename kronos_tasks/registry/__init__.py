@@ -1,6 +1,22 @@
-"""MLflow model registry: register tokenizer/model pairs, resolve aliases to pinned versions, promote, roll back."""
+"""MLflow model registry: register tokenizer/model pairs, resolve aliases to pinned versions, promote, roll back.
 
-from .mlflow_setup import RegistryError, check_reachable, client, ensure_experiment
-from .registry import Move, PinnedPair, Registry
+``registry.pinned`` imports no MLflow; the names below load their modules, and MLflow, on first use.
+"""
 
-__all__ = ["Move", "PinnedPair", "Registry", "RegistryError", "check_reachable", "client", "ensure_experiment"]
+from __future__ import annotations
+
+from kronos_tasks.lazy import lazy_attributes
+
+_LAZY = {
+    "PinnedPair": ".pinned",
+    "Move": ".registry",
+    "Registry": ".registry",
+    "RegistryError": ".mlflow_setup",
+    "check_reachable": ".mlflow_setup",
+    "client": ".mlflow_setup",
+    "ensure_experiment": ".mlflow_setup",
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = sorted(_LAZY)

@@ -8,10 +8,11 @@ import urllib.request
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from kronos_tasks.errors import KronosFlowError
 from kronos_tasks.settings import Settings, redact
 
 
-class RegistryError(RuntimeError):
+class RegistryError(KronosFlowError, RuntimeError):
     """The model registry cannot do what was asked; the message says why and what to do."""
 
 

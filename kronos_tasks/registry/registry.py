@@ -34,44 +34,13 @@ from kronos_tasks.model.config import ConfigError
 from kronos_tasks.settings import Settings
 
 from .mlflow_setup import RegistryError, client, ensure_experiment
+from .pinned import PinnedPair
+from .runs import TAG_PREFIX, finish_run, record_run, start_run
 
 REGISTRY_EXPERIMENT = "kronos-registry"
-TAG = "kronos."
-HISTORY_TAG = TAG + "alias_history."
+HISTORY_TAG = TAG_PREFIX + "alias_history."
 HISTORY_LIMIT = 4500  # characters; MLflow tag values hold 5000
 DEFAULT_MAX_CONTEXT = 512
-
-
-@dataclass(frozen=True)
-class PinnedPair:
-    """Exactly which weights a forecast uses: names, versions, run ids, checksums and local folders."""
-
-    model_name: str
-    model_version: str
-    model_sha256: str
-    model_run_id: str | None
-    model_path: str
-    tokenizer_name: str
-    tokenizer_version: str
-    tokenizer_sha256: str
-    tokenizer_run_id: str | None
-    tokenizer_path: str
-    max_context: int
-    alias: str | None = None
-    trained: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> PinnedPair:
-        return cls(**values)
-
-    def load(self, device: str = "cpu") -> tuple[KronosTokenizer, Kronos]:
-        """The tokenizer and model, from the verified local folders (safetensors only)."""
-        return KronosTokenizer.from_pretrained(self.tokenizer_path, device), Kronos.from_pretrained(
-            self.model_path, device
-        )
 
 
 @dataclass(frozen=True)
@@ -126,11 +95,11 @@ def _describe(kind: str, folder: Path) -> tuple[dict, dict[str, str]]:
 
 
 def _prefixed(tags: dict[str, str]) -> dict[str, str]:
-    return {TAG + key: value for key, value in tags.items()}
+    return {TAG_PREFIX + key: value for key, value in tags.items()}
 
 
 def _tags(version: ModelVersion) -> dict[str, str]:
-    return {k[len(TAG) :]: v for k, v in (version.tags or {}).items() if k.startswith(TAG)}
+    return {k[len(TAG_PREFIX) :]: v for k, v in (version.tags or {}).items() if k.startswith(TAG_PREFIX)}
 
 
 def _ensure_registered_model(mlflow_client: MlflowClient, name: str, description: str) -> None:
@@ -181,33 +150,34 @@ class Registry:
             raise RegistryError(f"max_context must be positive, got {max_context}.")
 
         experiment = ensure_experiment(self.client, REGISTRY_EXPERIMENT, self.settings.mlflow_artifact_root)
-        run = self.client.create_run(
+        run_id = start_run(
+            self.client,
             experiment,
-            run_name=f"register {model_dir.name}",
-            tags={"kronos.action": "register", "kronos.actor": _actor()},
+            f"register {model_dir.name}",
+            {
+                "action": "register",
+                "actor": _actor(),
+                **model_tags,
+                "max_context": max_context,
+                "trained": str(trained).lower(),
+            },
         )
-        run_id = run.info.run_id
         try:
             self.client.log_artifacts(run_id, str(tokenizer_dir), "tokenizer")
             self.client.log_artifacts(run_id, str(model_dir), "model")
-            for key, value in {
-                **_prefixed(model_tags),
-                "kronos.max_context": str(max_context),
-                "kronos.trained": str(trained).lower(),
-            }.items():
-                self.client.set_tag(run_id, key, value)
+            artifact_uri = self.client.get_run(run_id).info.artifact_uri
             _ensure_registered_model(self.client, self.tokenizer_name, "Kronos tokenizers (BSQ), safetensors + JSON.")
             _ensure_registered_model(self.client, self.model_name, "Kronos predictors, safetensors + JSON.")
             tokenizer = self._find_tokenizer(tokenizer_tags["sha256"]) or self.client.create_model_version(
                 self.tokenizer_name,
-                source=f"{run.info.artifact_uri}/tokenizer",
+                source=f"{artifact_uri}/tokenizer",
                 run_id=run_id,
                 tags=_prefixed({**tokenizer_tags, "trained": str(trained).lower()}),
                 description=description,
             )
             model = self.client.create_model_version(
                 self.model_name,
-                source=f"{run.info.artifact_uri}/model",
+                source=f"{artifact_uri}/model",
                 run_id=run_id,
                 tags=_prefixed(
                     {
@@ -220,7 +190,9 @@ class Registry:
                 ),
                 description=description,
             )
-            self.client.set_terminated(run_id)
+            finish_run(
+                self.client, run_id, params={"model_version": model.version, "tokenizer_version": tokenizer.version}
+            )
         except Exception:
             self.client.set_terminated(run_id, status="FAILED")
             raise
@@ -374,23 +346,22 @@ class Registry:
             entries.pop(0)
         self.client.set_registered_model_tag(self.model_name, HISTORY_TAG + alias, json.dumps(entries))
         experiment = ensure_experiment(self.client, REGISTRY_EXPERIMENT, self.settings.mlflow_artifact_root)
-        run = self.client.create_run(
+        record_run(
+            self.client,
             experiment,
-            run_name=f"{action} @{alias}: {previous or '-'} -> {to_version}",
-            tags={"kronos.action": action, "kronos.actor": move.by, "kronos.alias": alias},
+            f"{action} @{alias}: {previous or '-'} -> {to_version}",
+            tags={"action": action, "actor": move.by, "alias": alias},
+            params={
+                "action": action,
+                "alias": alias,
+                "model_name": self.model_name,
+                "from_version": previous or "",
+                "to_version": str(to_version),
+                "actor": move.by,
+                "reason": reason,
+                "at": move.at,
+            },
         )
-        for key, value in {
-            "action": action,
-            "alias": alias,
-            "model_name": self.model_name,
-            "from_version": previous or "",
-            "to_version": str(to_version),
-            "actor": move.by,
-            "reason": reason[:500],
-            "at": move.at,
-        }.items():
-            self.client.log_param(run.info.run_id, key, value)
-        self.client.set_terminated(run.info.run_id)
         return move
 
     def promote(

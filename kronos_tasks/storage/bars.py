@@ -64,6 +64,8 @@ def read_bars(
     limit: int | None = None,
 ) -> pd.DataFrame:
     """Bars of one symbol in time order (``ts`` UTC + features), up to ``end`` inclusive; with ``limit``, the last ones."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"read_bars: limit must be a positive integer or None, got {limit!r}.")
     query = select(Bar.ts, *(getattr(Bar, f) for f in FEATURES)).where(Bar.symbol == symbol, Bar.interval == interval)
     if end is not None:
         query = query.where(Bar.ts <= end)

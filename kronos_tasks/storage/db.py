@@ -16,6 +16,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
+from kronos_tasks.errors import KronosFlowError
 from kronos_tasks.settings import redact
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -24,7 +25,7 @@ VERSION_TABLE = "kronos_alembic_version"
 CHUNK_ROWS = 5000
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(KronosFlowError, RuntimeError):
     """The forecasts database cannot be used; the message names it (without password) and what to do."""
 
 

@@ -9,10 +9,13 @@ from datetime import datetime
 import pandas as pd
 
 from kronos_tasks.data import FEATURES, DataError, Interval, future_timestamps
+from kronos_tasks.data.watchlist import WatchItem
+from kronos_tasks.errors import KronosFlowError
 from kronos_tasks.hashing import frame_sha256
-from kronos_tasks.inference import Forecast, InputError, KronosPredictor, derive_seed
+from kronos_tasks.inference.params import derive_seed
+from kronos_tasks.inference.predictor import Forecast, KronosPredictor
 
-from .params import ForecastParams, WatchItem
+from .params import ForecastParams
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,12 @@ class Window:
         return self.item.symbol
 
     def local(self, stamps) -> pd.Series:
-        """Timestamps as naive wall-clock times of the symbol's exchange: what the model's time features use."""
-        return pd.Series(pd.DatetimeIndex(stamps).tz_convert(self.item.timezone).tz_localize(None))
+        return local_times(stamps, self.item.timezone)
+
+
+def local_times(stamps, timezone: str) -> pd.Series:
+    """UTC timestamps as naive wall-clock times in ``timezone``: what the model's time features use."""
+    return pd.Series(pd.DatetimeIndex(stamps).tz_convert(timezone).tz_localize(None))
 
 
 def make_window(item: WatchItem, bars: pd.DataFrame, params: ForecastParams, max_context: int) -> Window:
@@ -54,9 +61,10 @@ def predict_windows(
 ) -> tuple[dict[str, Forecast], dict[str, str]]:
     """Forecasts per symbol, and the symbols that failed with their reason.
 
-    Symbols are decoded together in batches; if a batch fails on one symbol's input, its symbols are retried
-    one by one so that only the bad one fails. Each symbol's seed comes from the run seed and its name, so it
-    does not depend on the other symbols of the run.
+    Symbols are decoded together in batches of ``params.batch_size``; if a batch fails on one symbol's
+    input (an expected error, ``KronosFlowError``), its symbols are retried one by one so that only the bad
+    one fails. Any other exception is a bug or a device failure and propagates. Each symbol's seed comes
+    from the run seed and its name, so it does not depend on the other symbols of the run.
     """
     results: dict[str, Forecast] = {}
     failed: dict[str, str] = {}
@@ -72,16 +80,17 @@ def predict_windows(
             labels=[w.symbol for w in group],
         )
 
-    for start in range(0, len(windows), params.batch_size):
-        group = windows[start : start + params.batch_size]
+    size = params.batch_size or predictor.batch_size
+    for start in range(0, len(windows), size):
+        group = windows[start : start + size]
         try:
             results.update({w.symbol: f for w, f in zip(group, run(group))})
-        except (InputError, ValueError, RuntimeError) as exc:
+        except KronosFlowError as exc:
             log.warning("batch of %d symbols failed (%s); retrying them one by one", len(group), exc)
             for window in group:
                 try:
                     results[window.symbol] = run([window])[0]
-                except (InputError, ValueError, RuntimeError) as single:
+                except KronosFlowError as single:
                     failed[window.symbol] = f"{type(single).__name__}: {single}"
     return results, failed
 
@@ -137,18 +146,6 @@ def predict_series(
 ) -> list[Forecast]:
     """Forecast several series in one call with ``params``' sampling settings, one seed per series;
     each ``Forecast`` carries the mean, the quantiles and the sample paths."""
-    return predictor.predict_batch(
-        bars,
-        past,
-        future,
-        params.pred_len,
-        T=params.T,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        sample_count=params.sample_count,
-        verbose=True,
-        seed=seeds,
-        quantiles=params.quantiles,
-        return_samples=True,
-        _labels=labels,
+    return predictor.forecast(
+        bars, past, future, params.pred_len, params.sampling(), params.sample_count, seeds, params.quantiles, labels
     )

@@ -1,0 +1,247 @@
+"""The subcommands of ``kronos-flow``: each takes the parsed arguments, does its work and prints what it did.
+
+Library functions get typed arguments; turning options into them happens here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kronos_tasks.errors import ParamsError
+from kronos_tasks.settings import load, redact
+
+from . import render
+
+
+def cmd_init(args) -> int:
+    """Create the home folder and migrate the forecasts database and the MLflow store."""
+    from kronos_tasks.registry import client
+    from kronos_tasks.storage import current_revision, make_engine, upgrade
+
+    settings = load()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    client(settings).search_experiments(max_results=1)  # creates and migrates MLflow's own store
+    print(f"home:              {settings.home}")
+    print(f"forecasts db:      {redact(settings.db_url)} (revision {current_revision(engine)})")
+    print(f"MLflow tracking:   {redact(settings.mlflow_tracking_uri)}")
+    print(f"MLflow artifacts:  {redact(settings.mlflow_artifact_root)}")
+    return 0
+
+
+def cmd_db(args) -> int:
+    from kronos_tasks.storage import current_revision, downgrade, make_engine, upgrade
+
+    engine = make_engine(load().db_url)
+    if args.action == "upgrade":
+        upgrade(engine, args.revision or "head")
+    elif args.action == "downgrade":
+        if not args.revision:
+            print("error: downgrade needs a revision (for example base)", file=sys.stderr)
+            return 2
+        downgrade(engine, args.revision)
+    print(f"revision: {current_revision(engine)}")
+    return 0
+
+
+def _engine():
+    from kronos_tasks.storage import make_engine, upgrade
+
+    engine = make_engine(load().db_url)
+    upgrade(engine)
+    return engine
+
+
+def cmd_ingest(args) -> int:
+    from kronos_tasks.pipeline.ingest import ingest_paths
+
+    policies = dict(item.split("=", 1) for item in args.policy or [])
+    result = ingest_paths(
+        _engine(),
+        args.paths,
+        symbol=args.symbol,
+        interval=args.interval,
+        exchange=args.exchange,
+        timezone=args.timezone,
+        policies=policies,
+    )
+    print(result.render())
+    return 1 if result.failed and not result.written else 0
+
+
+def cmd_random_pair(args) -> int:
+    from kronos_tasks.model.presets import write_random_pair
+
+    tokenizer, model = write_random_pair(args.folder, args.preset, args.seed)
+    print(f"wrote an UNTRAINED, randomly initialised {args.preset} pair (it forecasts noise):")
+    print(f"  tokenizer: {tokenizer}\n  model:     {model}")
+    return 0
+
+
+def cmd_register(args) -> int:
+    from kronos_tasks.registry import Registry
+
+    pair = Registry(load()).register(
+        args.tokenizer,
+        args.model,
+        alias=args.alias,
+        max_context=args.max_context,
+        trained=not args.untrained,
+        description=args.description or "",
+        reason=args.reason,
+    )
+    print(
+        f"registered {pair.model_name} version {pair.model_version} with {pair.tokenizer_name} version "
+        f"{pair.tokenizer_version}" + (f", alias @{pair.alias}" if pair.alias else "")
+    )
+    print(f"  model sha256 {pair.model_sha256}\n  tokenizer sha256 {pair.tokenizer_sha256}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from kronos_tasks.registry import Registry
+
+    registry = Registry(load())
+    rows = registry.versions()
+    if not rows:
+        print("no versions registered; see `kronos-flow register --help`.")
+        return 0
+    print(f"{'name':<20} {'version':>7}  {'aliases':<16} {'created':<26} {'sha256':<12} details")
+    for row in rows:
+        tags = row["tags"]
+        details = f"d_model={tags.get('d_model')} params={tags.get('parameters')}"
+        if "tokenizer_version" in tags:
+            details += (
+                f" tokenizer={tags['tokenizer_name']}/{tags['tokenizer_version']} max_context={tags.get('max_context')}"
+            )
+        if tags.get("trained") == "false":
+            details += " UNTRAINED"
+        print(
+            f"{row['name']:<20} {row['version']:>7}  {','.join('@' + a for a in row['aliases']):<16} "
+            f"{row['created']:<26} {tags.get('sha256', '')[:12]:<12} {details}"
+        )
+    for alias in sorted({a for row in rows for a in row["aliases"]} | {registry.settings.model_alias}):
+        for move in registry.history(alias)[-5:]:
+            print(
+                f"  @{alias}: {move.at} {move.action} {move.from_version or '-'} -> {move.to_version} by {move.by}: "
+                f"{move.reason}"
+            )
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from kronos_tasks.registry import Registry
+
+    move = Registry(load()).promote(args.version, args.alias, reason=args.reason)
+    print(f"@{args.alias}: {move.from_version or '-'} -> {move.to_version}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from kronos_tasks.registry import Registry
+
+    move = Registry(load()).rollback(args.alias, reason=args.reason)
+    print(f"@{args.alias}: {move.from_version} -> {move.to_version} (rolled back)")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from kronos_tasks.storage import list_runs
+
+    runs = list_runs(_engine(), limit=args.limit)
+    if args.json:
+        print(
+            json.dumps([{c.name: getattr(r, c.name) for c in r.__table__.columns} for r in runs], default=str, indent=2)
+        )
+        return 0
+    if not runs:
+        print("no forecast runs yet; try `kronos-flow demo`.")
+        return 0
+    for r in runs:
+        print(
+            f"{r.run_id}\n  status {r.status}, {r.symbols_ok} ok / {r.symbols_failed} failed, started "
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}Z on {r.device}\n"
+            f"  model {r.model_name}/{r.model_version} (sha256 {r.model_sha256[:12]}), tokenizer "
+            f"{r.tokenizer_name}/{r.tokenizer_version}, alias {r.model_alias}\n"
+            f"  lookback {r.lookback}, pred_len {r.pred_len}, T {r.temperature}, top_k {r.top_k}, top_p {r.top_p}, "
+            f"samples {r.sample_count}, quantiles {r.quantiles}, seed {r.seed}\n"
+            f"  data window sha256 {r.data_window_hash}, MLflow run {r.mlflow_run_id}"
+        )
+    return 0
+
+
+def forecast_params(args):
+    """The ForecastParams of a command's sampling options (``--quantiles`` given as ``0.1,0.5,0.9``)."""
+    from kronos_tasks.forecasting.params import ForecastParams
+
+    values = {name: getattr(args, name) for name in ForecastParams.param_specs()}
+    if values["quantiles"] is not None:
+        try:
+            values["quantiles"] = [float(q) for q in values["quantiles"].split(",")]
+        except ValueError:
+            raise ParamsError(
+                f"--quantiles must be comma-separated numbers such as 0.1,0.5,0.9, got {args.quantiles!r}."
+            ) from None
+    return ForecastParams.from_dict(values)
+
+
+def cmd_forecast(args) -> int:
+    from kronos_tasks.pipeline.single import Checkpoints, forecast_file
+
+    if args.checkpoints and args.model:
+        raise ParamsError("give --model (a registered version) or --checkpoints (local folders), not both.")
+    checkpoints = None
+    if args.checkpoints:
+        checkpoints = Checkpoints(Path(args.checkpoints[0]), Path(args.checkpoints[1]), args.max_context)
+    params, label = forecast_file(
+        Path(args.csv),
+        Path(args.out),
+        args.exchange,
+        forecast_params(args),
+        interval=args.interval,
+        checkpoints=checkpoints,
+        device=args.device,
+    )
+    print(f"wrote {args.out}: {label}, seed {params.seed}, {params.sample_count} samples, pred_len {params.pred_len}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kronos_tasks.pipeline.demo import run_demo
+
+    return run_demo(args.date)
+
+
+def cmd_backtest(args) -> int:
+    import pandas as pd
+
+    from kronos_tasks.data.watchlist import load_watchlist
+    from kronos_tasks.evaluation.backtest import items_from, run_backtest, select_origins
+    from kronos_tasks.forecasting.engine import pinned_predictor
+    from kronos_tasks.pipeline import runtime
+
+    settings = runtime.settings()
+    engine = runtime.engine()
+    params = forecast_params(args)
+    items = items_from(engine, args.symbols, load_watchlist(settings.watchlist))
+    predictor, label, max_context = None, "persistence only", 512
+    model = params.model or settings.model_alias
+    if not args.baseline:
+        pair = runtime.registry().resolve(model)
+        max_context, label = pair.max_context, pair.label
+    params = params.resolve(max_context, model, settings.batch_size, seed_key="backtest")
+    if not args.baseline:
+        predictor = pinned_predictor(pair, settings.device, params.batch_size)
+    end = pd.Timestamp(args.end) if args.end else None
+    if end is not None and end.tzinfo is None:
+        end = end.tz_localize("UTC")
+    origins = select_origins(engine, items, params, max_context, args.origins, args.stride, params.seed, end)
+    result = run_backtest(origins, params, predictor, label)
+    print(render.scores(result.scores, label))
+    if args.out:
+        result.rows.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return 0

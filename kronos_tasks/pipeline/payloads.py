@@ -1,0 +1,175 @@
+"""What the daily forecast's tasks hand each other: typed, and serialisable to Airflow's XCom.
+
+Each payload turns into plain JSON (``serialize``) and back (``deserialize``), the protocol of
+Airflow's own serialiser, so tasks receive these types, not dicts. Airflow only rebuilds classes it
+allows; where Airflow is loaded (a DAG file imports this module after ``airflow.sdk``) the payloads
+register themselves. This module imports neither torch, pandas nor MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kronos_tasks.forecasting.params import ForecastParams
+from kronos_tasks.registry.pinned import PinnedPair
+
+if TYPE_CHECKING:
+    from kronos_tasks.data.watchlist import WatchItem
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one symbol has no forecast: the stage that failed (ingest, window, forecast) and the reason."""
+
+    stage: str
+    reason: str
+
+
+def _failures(values: dict[str, dict[str, str]]) -> dict[str, Failure]:
+    return {symbol: Failure(**failure) for symbol, failure in values.items()}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A daily run as its plan task fixed it: identity, resolved parameters and pinned weights."""
+
+    __version__: ClassVar[int] = 1
+
+    run_id: str
+    dag_id: str
+    dag_run_id: str | None
+    origin: str  # ISO time in UTC: the run's logical time, the latest bar a forecast may read
+    started_at: str
+    params: ForecastParams  # resolved: no empty values
+    pinned: PinnedPair
+    max_failed_share: float
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed
+
+    def serialize(self) -> dict[str, Any]:
+        return {**asdict(self), "params": self.params.to_dict()}
+
+    @staticmethod
+    def deserialize(data: dict[str, Any], version: int) -> RunPlan:
+        return RunPlan(
+            **{
+                **data,
+                "params": ForecastParams.from_dict(data["params"]),
+                "pinned": PinnedPair.from_dict(data["pinned"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A slice of the run's watchlist: one ingest task and one forecast task."""
+
+    __version__: ClassVar[int] = 1
+
+    index: int
+    items: tuple[WatchItem, ...]
+
+    def serialize(self) -> dict[str, Any]:
+        return {"index": self.index, "items": [item.to_dict() for item in self.items]}
+
+    @staticmethod
+    def deserialize(data: dict[str, Any], version: int) -> Shard:
+        from kronos_tasks.data.watchlist import WatchItem
+
+        return Shard(data["index"], tuple(WatchItem(**item) for item in data["items"]))
+
+
+@dataclass(frozen=True)
+class IngestedBatch:
+    """The ingest of one shard: its entries, the bars written per symbol and the symbols that failed."""
+
+    __version__: ClassVar[int] = 1
+
+    shard: Shard
+    written: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def serialize(self) -> dict[str, Any]:
+        return {"shard": self.shard.serialize(), "written": self.written, "failed": self.failed}
+
+    @staticmethod
+    def deserialize(data: dict[str, Any], version: int) -> IngestedBatch:
+        return IngestedBatch(Shard.deserialize(data["shard"], version), data["written"], data["failed"])
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The forecast of one shard: the symbols forecast and staged, the failures (ingest ones included),
+    each forecast symbol's data window hash, and where and how fast it ran."""
+
+    __version__: ClassVar[int] = 1
+
+    shard: int
+    ok: tuple[str, ...]
+    failed: dict[str, Failure]
+    hashes: dict[str, str]
+    bars: int  # bars generated: symbols x sample paths x pred_len
+    forecast_seconds: float
+    load_seconds: float
+    device: str
+    host: str
+
+    def serialize(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["ok"] = list(self.ok)
+        return values
+
+    @staticmethod
+    def deserialize(data: dict[str, Any], version: int) -> BatchResult:
+        return BatchResult(**{**data, "ok": tuple(data["ok"]), "failed": _failures(data["failed"])})
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A stored run: its status, counts, failures and speed, and the share of failures it may have."""
+
+    __version__: ClassVar[int] = 1
+
+    run_id: str
+    status: str  # success, partial or failed
+    symbols_ok: int
+    symbols_failed: int
+    failures: dict[str, Failure]
+    forecast_rows: int
+    forecast_seconds: float
+    bars_per_second: float | None
+    failed_share: float
+    max_failed_share: float
+    devices: tuple[str, ...] = ()
+
+    def serialize(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["devices"] = list(self.devices)
+        return values
+
+    @staticmethod
+    def deserialize(data: dict[str, Any], version: int) -> RunSummary:
+        return RunSummary(**{**data, "failures": _failures(data["failures"]), "devices": tuple(data["devices"])})
+
+
+# PinnedPair travels too (the rollout DAG passes the candidate and the champion): a flat dataclass,
+# which Airflow's serialiser rebuilds from its fields.
+PAYLOADS = (RunPlan, Shard, IngestedBatch, BatchResult, RunSummary, PinnedPair)
+__all__ = ["BatchResult", "Failure", "IngestedBatch", "PinnedPair", "RunPlan", "RunSummary", "Shard"]
+
+
+def _allow_in_xcom() -> None:
+    """Let Airflow's XCom rebuild the payloads in this process, where Airflow is already loaded."""
+    if "airflow.sdk" not in sys.modules:
+        return  # not in an Airflow process: nothing here reads XCom
+    from airflow.sdk.serde import allow_class
+
+    for cls in PAYLOADS:
+        allow_class(cls)
+
+
+_allow_in_xcom()

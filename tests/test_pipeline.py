@@ -1,0 +1,209 @@
+"""The pipeline's rules without Airflow: the rollout gate, the finish rule, backtest scores, the per-symbol retry
+of a failed batch, and the typed payloads' round trip through Airflow's own serialiser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronos_tasks.data.watchlist import WatchItem
+from kronos_tasks.errors import ParamsError
+from kronos_tasks.evaluation.backtest import score_rows
+from kronos_tasks.forecasting.params import ForecastParams
+from kronos_tasks.forecasting.windows import make_window, predict_windows
+from kronos_tasks.inference import KronosPredictor
+from kronos_tasks.pipeline import daily, rollout
+from kronos_tasks.pipeline.payloads import BatchResult, Failure, IngestedBatch, RunPlan, RunSummary, Shard
+from kronos_tasks.registry.pinned import PinnedPair
+
+# --- the rollout gate --------------------------------------------------------------------------------------
+
+
+def scores(skill, brier, mae=1.0, persistence_mae=1.2, version="2"):
+    return {
+        "version": version,
+        "scores": {
+            "model": {"skill": skill, "brier": brier, "mae": mae, "direction_accuracy": 0.5},
+            "persistence": {"mae": persistence_mae},
+        },
+    }
+
+
+GATE = rollout.Gate(min_skill=0.0, max_brier=0.25, tolerance=0.02)
+
+
+def test_gate_promotes_a_candidate_that_beats_persistence_and_holds_up_against_the_champion():
+    decision = rollout.decide(scores(0.10, 0.20), scores(0.11, 0.21, version="1"), GATE, force=False)
+    assert decision["action"] == "promote" and decision["reasons"] == ["passed the gate"]
+    assert decision["numbers"]["candidate_skill"] == 0.10 and decision["numbers"]["champion_version"] == "1"
+
+
+@pytest.mark.parametrize(
+    "candidate, champion, reason",
+    [
+        (scores(-0.05, 0.20), None, "loses to carrying the last close forward"),
+        (scores(0.10, 0.30), None, "Brier score 0.3000 > 0.2500"),
+        (scores(0.10, 0.20), scores(0.15, 0.20, version="1"), "worse than the champion's +0.1500 beyond"),
+        (scores(0.10, 0.20), scores(0.10, 0.17, version="1"), "Brier 0.2000 is worse than the champion's 0.1700"),
+        (scores(None, None), None, "no finite skill or Brier score"),
+    ],
+)
+def test_gate_refuses_with_the_reason_and_force_promotes_recording_it(candidate, champion, reason):
+    refused = rollout.decide(candidate, champion, GATE, force=False)
+    assert refused["action"] == "refuse" and any(reason in r for r in refused["reasons"])
+    forced = rollout.decide(candidate, champion, GATE, force=True)
+    assert forced["action"] == "force_promote" and forced["reasons"] == refused["reasons"]
+
+
+def test_gate_tolerance_is_inclusive():
+    champion = scores(0.12, 0.20, version="1")
+    assert rollout.decide(scores(0.10, 0.22), champion, GATE, force=False)["action"] == "promote"
+    assert rollout.decide(scores(0.0999, 0.20), champion, GATE, force=False)["action"] == "refuse"
+
+
+def test_rollout_branches_to_rollback_or_verify_and_needs_a_candidate():
+    assert rollout.choose(True, None) == "rollback"
+    assert rollout.choose(False, "3") == "verify"
+    with pytest.raises(ParamsError, match="set the candidate param"):
+        rollout.choose(False, None)
+
+
+# --- the finish rule ---------------------------------------------------------------------------------------
+
+
+def summary(failed: int, total: int, limit: float) -> RunSummary:
+    failures = {f"S{i}": Failure("window", f"reason {i}") for i in range(failed)}
+    return RunSummary(
+        run_id="r",
+        status="partial" if failed else "success",
+        symbols_ok=total - failed,
+        symbols_failed=failed,
+        failures=failures,
+        forecast_rows=0,
+        forecast_seconds=0.0,
+        bars_per_second=None,
+        failed_share=failed / total,
+        max_failed_share=limit,
+    )
+
+
+def test_finish_passes_up_to_the_allowed_share_and_fails_past_it_naming_the_symbols():
+    assert daily.finish(summary(1, 5, 0.2)).symbols_failed == 1  # exactly the limit passes
+    with pytest.raises(daily.RunFailed, match=r"2 symbol\(s\) failed \(40% > 20% allowed\): S0: reason 0; S1"):
+        daily.finish(summary(2, 5, 0.2))
+    with pytest.raises(daily.RunFailed):
+        daily.finish(summary(1, 5, 0.0))
+
+
+# --- backtest scores against hand-computed values -----------------------------------------------------------
+
+
+def test_score_rows_against_hand_computed_values():
+    rows = pd.DataFrame(
+        {
+            "symbol": ["A", "A", "A", "A"],
+            "origin_ts": [1, 1, 2, 2],
+            "step": [1, 2, 1, 2],
+            "actual": [11.0, 9.0, 12.0, 10.0],
+            "last": [10.0] * 4,
+            "persistence": [10.0] * 4,
+            "mean": [10.5, 9.5, 11.0, 10.5],
+            "p_up": [0.8, 0.3, 0.6, 0.5],
+            "crps": [0.2, 0.4, 0.6, 0.8],
+            "q0.1": [10.0, 8.0, 11.5, 10.2],
+            "q0.9": [12.0, 9.5, 11.9, 11.0],
+        }
+    )
+    got = score_rows(rows, (0.1, 0.9))
+    model = got["model"]
+    assert (got["points"], got["origins"]) == (4, 2)
+    assert model["mae"] == pytest.approx(0.625) and got["persistence"]["mae"] == pytest.approx(1.0)
+    assert model["skill"] == pytest.approx(0.375) and got["persistence"]["skill"] == pytest.approx(0.0)
+    assert model["direction_accuracy"] == pytest.approx(0.75)
+    assert model["brier"] == pytest.approx(0.135) and got["persistence"]["brier"] == pytest.approx(0.25)
+    assert model["brier_skill"] == pytest.approx(1 - 0.135 / 0.25)
+    assert model["coverage_0.1_0.9"] == pytest.approx(0.5) and model["crps"] == pytest.approx(0.5)
+    # pinball max(q * d, (q - 1) * d), d = actual - quantile: level 0.1 losses 0.1, 0.1, 0.05, 0.18; level 0.9
+    # losses 0.1, 0.05, 0.09, 0.1
+    assert model["pinball"] == pytest.approx(np.mean([(0.1 + 0.1 + 0.05 + 0.18) / 4, (0.1 + 0.05 + 0.09 + 0.1) / 4]))
+    assert got["by_horizon"][1]["mae"] == pytest.approx(0.75) and got["by_horizon"][2]["mae"] == pytest.approx(0.5)
+
+
+# --- predict_windows: one bad symbol in a batch ------------------------------------------------------------
+
+
+@pytest.fixture
+def windows(a_share):
+    bars = a_share.rename(columns={"timestamps": "ts"}).iloc[:200].copy()
+    bars["ts"] = pd.DatetimeIndex(bars["ts"]).tz_localize("Asia/Shanghai").tz_convert("UTC")
+    params = ForecastParams.from_dict({"pred_len": 4, "sample_count": 2, "lookback": 64, "batch_size": 8})
+    made = []
+    for symbol in ("GOOD1", "BAD", "GOOD2"):
+        frame = bars.copy()
+        if symbol == "BAD":
+            frame.loc[frame.index[-3], "high"] = np.inf  # input the predictor refuses
+        item = WatchItem(symbol, "XSHG", "5min", None, "Asia/Shanghai")
+        made.append(make_window(item, frame, params, 512))
+    return params, made
+
+
+def test_a_bad_symbol_in_a_batch_fails_alone_and_the_others_match_their_solo_forecasts(tiny_pair32, windows):
+    params, made = windows
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=512)
+    predicted, failed = predict_windows(predictor, made, params, run_seed=7)
+    assert sorted(predicted) == ["GOOD1", "GOOD2"]
+    assert list(failed) == ["BAD"] and "InputError" in failed["BAD"] and "'high'" in failed["BAD"]
+    alone, _ = predict_windows(predictor, [made[2]], params, run_seed=7)
+    np.testing.assert_array_equal(predicted["GOOD2"].samples, alone["GOOD2"].samples)
+
+
+def test_an_unexpected_error_is_not_turned_into_symbol_failures(tiny_pair32, windows, monkeypatch):
+    params, made = windows
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=512)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the decoder")
+
+    monkeypatch.setattr(predictor, "forecast", broken)
+    with pytest.raises(RuntimeError, match="a bug in the decoder"):
+        predict_windows(predictor, made, params, run_seed=7)
+
+
+# --- payloads through Airflow's serialiser -----------------------------------------------------------------
+
+
+def test_payloads_round_trip_through_airflow_serde():
+    from airflow.sdk import serde
+
+    from kronos_tasks.pipeline import payloads
+
+    payloads._allow_in_xcom()  # what importing the module does in an Airflow process
+    params = ForecastParams.from_dict({"pred_len": 8}).resolve(512, "champion", 32, seed_key="r")
+    pinned = PinnedPair("kronos-model", "3", "a" * 64, "run", "/m", "kronos-tokenizer", "1", "b" * 64, "run", "/t", 512)
+    item = WatchItem("GOOG", "XNYS", "1d", "GOOG_1d.csv", "America/New_York")
+    values = [
+        RunPlan("r", "dag", "manual__1", "2024-08-28T21:30:00+00:00", "2024-08-28T21:30:01+00:00", params, pinned, 0.2),
+        IngestedBatch(Shard(0, (item,)), {"GOOG": 3}, {}),
+        BatchResult(0, ("GOOG",), {"X": Failure("window", "too few")}, {"GOOG": "c" * 64}, 96, 1.5, 0.2, "cpu", "h"),
+        summary(1, 5, 0.2),
+        pinned,
+    ]
+    for value in values:
+        encoded = serde.serialize(value)
+        assert encoded["__classname__"] == f"{type(value).__module__}.{type(value).__qualname__}"
+        assert serde.deserialize(encoded) == value
+    assert values[0].seed == params.seed and params.lookback == 512 - 8 and params.batch_size == 32
+
+
+def test_split_watchlist_cuts_consecutive_shards(kronos_env):
+    entries = [{"symbol": f"S{i}", "exchange": "XNYS", "interval": "1d"} for i in range(5)]
+    shards = daily.split_watchlist(entries, symbols_per_task=2)
+    assert [[item.symbol for item in s.items] for s in shards] == [["S0", "S1"], ["S2", "S3"], ["S4"]]
+    assert [s.index for s in shards] == [0, 1, 2]
+    with pytest.raises(ParamsError, match="symbols_per_task must be an integer >= 1"):
+        daily.split_watchlist(entries, symbols_per_task=0)
+    bundled = daily.split_watchlist(None)  # no watchlist given: the KRONOS_WATCHLIST file (the bundled one)
+    assert [item.symbol for shard in bundled for item in shard.items] == ["a_share", "GOOG"]
