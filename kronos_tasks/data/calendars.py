@@ -45,6 +45,13 @@ def exchange_timezone(exchange: str) -> str:
 
 @lru_cache(maxsize=64)
 def _calendar(name: str, start: pd.Timestamp, end: pd.Timestamp):
+    """The calendar over [start, end], cut to the years the library has holidays for."""
+    kind = type(xcals.get_calendar(name))
+    lowest, highest = kind.bound_min(), kind.bound_max()  # None where the calendar has no bound
+    if lowest is not None:
+        start = max(start, lowest)
+    if highest is not None:
+        end = min(end, highest)
     return xcals.get_calendar(name, start=start, end=end)
 
 
@@ -133,3 +140,64 @@ def future_timestamps(
             if len(out) >= pred_len:
                 return pd.DatetimeIndex(out[:pred_len]).tz_convert("UTC")
     raise DataError(f"the {name} calendar has too few sessions after {last} for {pred_len} bars.")
+
+
+def closed_bars(
+    at: pd.Timestamp, count: int, interval: Interval, exchange: str, history: pd.Series
+) -> pd.DatetimeIndex:
+    """Labels (UTC) of the last ``count`` bars of ``exchange``'s calendar that have closed by ``at``.
+
+    ``history`` (UTC times of the symbol's stored bars, oldest first, not empty) tells daily bars' time of
+    day and intraday bars' labelling; on a 24/7 market the bars continue its last bar's grid.
+    """
+    at = pd.Timestamp(at).tz_convert("UTC")
+    last = pd.Timestamp(history.iloc[-1]).tz_convert("UTC")
+    name = _calendar_name(exchange)
+    if name == "24/7":
+        step = pd.Timedelta(days=1) if interval.daily else interval.timedelta
+        newest = last + math.floor((at - last - step) / step) * step  # the newest bar whose end is <= at
+        return pd.DatetimeIndex([newest - k * step for k in range(count - 1, -1, -1)])
+    zone = str(xcals.get_calendar(name).tz)
+    span = count if interval.daily else math.ceil(count * interval.timedelta / pd.Timedelta(hours=4))
+    first_day = (at.tz_convert(zone) - pd.Timedelta(days=span * 2 + 10)).normalize().tz_localize(None)
+    last_day = at.tz_convert(zone).normalize().tz_localize(None)
+    earliest = min(
+        first_day, pd.Timestamp(history.iloc[-RECENT_BARS:].iloc[0]).tz_convert(zone).normalize().tz_localize(None)
+    )
+    calendar = _calendar(name, earliest - pd.Timedelta(days=10), last_day + pd.Timedelta(days=10))
+    sessions = calendar.sessions_in_range(max(first_day, calendar.first_session), last_day)
+    labels = []
+    if interval.daily:
+        local_last = last.tz_convert(zone)
+        time_of_day = local_last - local_last.normalize()
+        for session in sessions:
+            if calendar.session_close(session) <= at:
+                labels.append((session + time_of_day).tz_localize(zone).tz_convert("UTC"))
+    else:
+        step = interval.timedelta
+        end_labelled = _end_labelled(calendar, history)
+        for session in sessions:
+            for opened, closed in _segments(calendar, session):
+                for label in _labels(opened, closed, step, end_labelled):
+                    if (label if end_labelled else label + step) <= at:
+                        labels.append(label.tz_convert("UTC"))
+    return pd.DatetimeIndex(labels[-count:])
+
+
+def bar_closes(labels: pd.Series, interval: Interval, exchange: str, end_labelled: bool) -> pd.Series:
+    """When each bar (UTC label) has closed: a daily bar at its session's close (the next midnight on a
+    24/7 market or a non-session day), an intraday bar at its label or one interval after it."""
+    labels = pd.Series(pd.DatetimeIndex(labels).tz_convert("UTC"), index=getattr(labels, "index", None))
+    if not interval.daily:
+        return labels if end_labelled else labels + interval.timedelta
+    name = _calendar_name(exchange)
+    if name == "24/7" or labels.empty:
+        return labels + pd.Timedelta(days=1)
+    zone = str(xcals.get_calendar(name).tz)
+    days = labels.dt.tz_convert(zone).dt.normalize().dt.tz_localize(None)
+    calendar = _calendar(name, days.min() - pd.Timedelta(days=10), days.max() + pd.Timedelta(days=10))
+    closes = calendar.closes  # session -> close (UTC)
+    next_midnight = (days + pd.Timedelta(days=1)).dt.tz_localize(zone).dt.tz_convert("UTC")
+    return pd.Series(
+        [closes.get(day, fallback) for day, fallback in zip(days, next_midnight)], index=labels.index
+    ).astype("datetime64[ns, UTC]")

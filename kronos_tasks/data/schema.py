@@ -14,6 +14,7 @@ PRICES = ["open", "high", "low", "close"]
 # Canonical bar frame: a UTC "ts" column, the six features as float64, and "row", the 1-based data row
 # of each bar in its source file (for error messages).
 COLUMNS = ["ts", *FEATURES, "row"]
+SYMBOL_MAX = 64  # characters: the width of the symbol columns of the forecasts database
 
 _UNITS = {
     "min": "min",

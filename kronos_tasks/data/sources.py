@@ -35,13 +35,18 @@ SYMBOL_NAMES = ["symbol", "ticker", "code", "instrument"]
 
 @dataclass
 class SourceSeries:
-    """One symbol's bars from one file, normalised: ``bars`` has the columns of ``schema.COLUMNS``."""
+    """One symbol's bars from one file, normalised: ``bars`` has the columns of ``schema.COLUMNS``.
+
+    ``naive`` says that none of the file's times carried a UTC offset: they were read as wall-clock times
+    of the timezone given to ``read_series``. ``symbol`` is empty for rows with a blank symbol cell.
+    """
 
     symbol: str
     interval: Interval
     path: Path
     bars: pd.DataFrame
     notes: list[str] = field(default_factory=list)  # what was derived or reordered, for the report
+    naive: bool = True
 
 
 def _key(name: str) -> str:
@@ -110,14 +115,35 @@ def _time_column(frame: pd.DataFrame, path: Path) -> pd.Series:
     )
 
 
-def _to_utc(values: pd.Series, timezone: str, path: Path) -> pd.Series:
-    stamps = pd.to_datetime(values, errors="coerce", format="mixed")
-    if getattr(stamps.dt, "tz", None) is None:
-        try:
-            stamps = stamps.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-        except Exception as exc:  # an unknown zone name
-            raise DataError(f"{path}: cannot read times in timezone {timezone!r}: {exc}") from exc
-    return stamps.dt.tz_convert("UTC")
+_OFFSET = r"(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _to_utc(values: pd.Series, timezone: str, path: Path) -> tuple[pd.Series, bool]:
+    """UTC times of a time column -> (times, whether none carried an offset); unreadable values become NaT.
+
+    Offsets are read per value, so a column whose offset changes at daylight-saving time (a pandas export of
+    a tz-aware index) or mixes ``Z`` and ``+02:00`` reads as written. Values without an offset are wall-clock
+    times in ``timezone``; those that do not exist there or are ambiguous (DST changes) become NaT.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC"), False
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(timezone)
+    except Exception as exc:  # an unknown zone name
+        raise DataError(f"{path}: cannot read times in timezone {timezone!r}: {exc}") from exc
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        local = values.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+        return local.dt.tz_convert("UTC").astype(out.dtype), True
+    text = values.astype("string").str.strip()
+    with_offset = text.str.contains(_OFFSET, case=False, regex=True, na=False).to_numpy()
+    if with_offset.any():
+        out[with_offset] = pd.to_datetime(text[with_offset], errors="coerce", format="mixed", utc=True)
+    naive = ~with_offset & text.notna().to_numpy()
+    if naive.any():
+        local = pd.to_datetime(text[naive], errors="coerce", format="mixed")
+        out[naive] = local.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+    return out, not with_offset.any()
 
 
 def read_series(
@@ -128,7 +154,10 @@ def read_series(
     if frame.empty:
         raise DataError(f"{path}: the file holds no rows.")
     keys = {_key(c): c for c in frame.columns}
-    out = pd.DataFrame({"ts": _to_utc(_time_column(frame, path), timezone, path)})
+    times = _time_column(frame, path)
+    stamps, naive = _to_utc(times, timezone, path)
+    out = pd.DataFrame({"ts": stamps})
+    unreadable = pd.Series(np.where(stamps.isna() & times.notna(), times.astype("string"), None), index=out.index)
     notes = []
     for feature in FEATURES:
         column = next((keys[a] for a in ALIASES[feature] if a in keys), None)
@@ -149,16 +178,22 @@ def read_series(
     name_symbol, name_interval = symbol_and_interval_from_name(path)
     groups = [(symbol or name_symbol, out)]
     if symbol_column is not None and symbol is None:
-        groups = [(str(s), part) for s, part in out.groupby(frame[symbol_column].astype(str), sort=True)]
+        names = frame[symbol_column].astype("string").str.strip().fillna("")  # blank cells: symbol ""
+        groups = [(str(s), part) for s, part in out.groupby(names.to_numpy(), sort=True)]
 
     series = []
     for name, bars in groups:
-        bars = bars[COLUMNS].reset_index(drop=True)
         own_notes = list(notes)
+        bad = unreadable[bars.index].dropna()
+        if len(bad):
+            shown = ", ".join(f"row {bars.loc[i, 'row']} ({value!r})" for i, value in bad.iloc[:5].items())
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            own_notes.append(f"unreadable or non-existent time(s) in {path.name}: {shown}{more}")
+        bars = bars[COLUMNS].reset_index(drop=True)
         stamps = bars["ts"].dropna()
         if len(stamps) > 1 and stamps.is_monotonic_decreasing and not stamps.is_monotonic_increasing:
             bars = bars.iloc[::-1].reset_index(drop=True)
             own_notes.append("rows were in descending time order: read in ascending order")
         chosen = interval or name_interval or infer_interval(bars["ts"].dropna())
-        series.append(SourceSeries(str(name), chosen, path, bars, own_notes))
+        series.append(SourceSeries(str(name), chosen, path, bars, own_notes, naive))
     return series

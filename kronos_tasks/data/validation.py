@@ -13,9 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .schema import FEATURES, PRICES, DataError, Interval
+from .schema import FEATURES, PRICES, SYMBOL_MAX, DataError, Interval
 
 POLICIES = ("reject_bar", "reject_symbol", "warn")
+# Rules whose bars cannot be kept, whatever the policy says.
+CANNOT_STORE = {
+    "bad_timestamp": "a bar without a time cannot be stored",
+    "non_finite": "a missing or infinite value cannot be stored or forecast from",
+    "duplicate_timestamp": "one symbol holds one bar per time",
+}
+# A bar this many usual steps (and at least a year) away from both neighbours is "isolated".
+ISOLATION_STEPS = 1000
 
 RULES: dict[str, str] = {
     "bad_timestamp": "timestamp missing or not a date/time",
@@ -24,6 +32,7 @@ RULES: dict[str, str] = {
     "high_below_open_close": "high < max(open, close)",
     "low_above_open_close": "low > min(open, close)",
     "negative_volume": "volume or amount is negative",
+    "isolated_timestamp": "timestamp far from every other bar (a mistyped year?)",
     "duplicate_timestamp": "same timestamp as an earlier bar",
     "decreasing_timestamp": "timestamp earlier than the bar before it",
     "off_grid": "timestamp off the interval grid",
@@ -36,6 +45,7 @@ DEFAULT_POLICIES: dict[str, str] = {
     "high_below_open_close": "reject_bar",
     "low_above_open_close": "reject_bar",
     "negative_volume": "reject_bar",
+    "isolated_timestamp": "reject_bar",
     "duplicate_timestamp": "reject_bar",
     "decreasing_timestamp": "reject_symbol",
     "off_grid": "warn",
@@ -104,6 +114,10 @@ def check_policies(policies: dict[str, str]) -> dict[str, str]:
             raise DataError(f"unknown validation rule {rule!r}; rules: {sorted(RULES)}.")
         if policy not in POLICIES:
             raise DataError(f"unknown policy {policy!r} for rule {rule!r}; policies: {POLICIES}.")
+        if policy == "warn" and rule in CANNOT_STORE:
+            raise DataError(
+                f"policy warn is not allowed for {rule}: {CANNOT_STORE[rule]}; use reject_bar or reject_symbol."
+            )
         merged[rule] = policy
     return merged
 
@@ -120,6 +134,26 @@ def _off_grid(ts: pd.Series, interval: Interval, timezone: str) -> np.ndarray:
     return np.mod(minutes.to_numpy(), step) != 0
 
 
+def _isolated(ts: pd.Series, good_time: np.ndarray) -> np.ndarray:
+    """Bars whose nearest neighbour in time is over a year and ``ISOLATION_STEPS`` usual steps away."""
+    flagged = np.zeros(len(ts), bool)
+    index = np.flatnonzero(good_time)
+    if len(index) < 3:
+        return flagged
+    # Seconds since the epoch, in file order (the column's own unit varies: ns, us or s).
+    times = ((ts.iloc[index] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(float)
+    order = np.argsort(times, kind="stable")
+    sorted_times = times[order]
+    gaps = np.diff(sorted_times)
+    usual = np.median(gaps[gaps > 0]) if (gaps > 0).any() else 0
+    limit = max(usual * ISOLATION_STEPS, pd.Timedelta(days=366).total_seconds())
+    before = np.concatenate([[np.inf], gaps])
+    after = np.concatenate([gaps, [np.inf]])
+    far = np.minimum(before, after) > limit
+    flagged[index[order[far]]] = True
+    return flagged
+
+
 def validate(
     symbol: str, bars: pd.DataFrame, interval: Interval, timezone: str = "UTC", policies: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, Report]:
@@ -127,6 +161,12 @@ def validate(
     policies = check_policies(policies or {})
     report = Report()
     report.bars_in[symbol] = len(bars)
+    if len(symbol) > SYMBOL_MAX:
+        report.rejected_symbols[symbol] = (
+            f"the symbol is {len(symbol)} characters long; the database holds at most {SYMBOL_MAX}: use a shorter name"
+        )
+        report.bars_kept[symbol] = 0
+        return bars.iloc[0:0], report
     flags: dict[str, np.ndarray] = {}
     ts = bars["ts"]
     values = bars[FEATURES].to_numpy(dtype=float)
@@ -138,8 +178,11 @@ def validate(
         flags["high_below_open_close"] = (bars["high"] < bars[["open", "close"]].max(axis=1)).to_numpy()
         flags["low_above_open_close"] = (bars["low"] > bars[["open", "close"]].min(axis=1)).to_numpy()
         flags["negative_volume"] = ((bars["volume"] < 0) | (bars["amount"] < 0)).to_numpy()
-    order = ts.to_numpy()
     good_time = ~flags["bad_timestamp"]
+    flags["isolated_timestamp"] = _isolated(ts, good_time)
+    if policies["isolated_timestamp"] != "warn":
+        good_time = good_time & ~flags["isolated_timestamp"]  # so that it is not also "decreasing"
+    order = ts.to_numpy()
     flags["duplicate_timestamp"] = (ts.duplicated(keep="first") & good_time).to_numpy()
     # A bar is "decreasing" when it is earlier than the latest valid timestamp before it.
     latest = pd.Series(np.where(good_time, order, pd.NaT), dtype=ts.dtype).ffill().shift(1)

@@ -11,16 +11,30 @@ import yaml
 from kronos_tasks.errors import ParamsError
 
 from .calendars import exchange_timezone
-from .schema import DataError, Interval
+from .schema import SYMBOL_MAX, DataError, Interval
 
-KEYS = ("symbol", "exchange", "interval", "file")
+KEYS = ("symbol", "exchange", "interval", "source", "ticker", "file")
+VENDOR_SOURCES = ("yfinance", "akshare")  # and ccxt:<exchange id>
+
+
+def check_source(source: str, where: str) -> str:
+    """``files``, ``yfinance``, ``akshare`` or ``ccxt:<exchange id>``; ParamsError naming ``where`` otherwise."""
+    name, _, detail = source.partition(":")
+    if source in ("files", *VENDOR_SOURCES) or (name == "ccxt" and detail.isidentifier()):
+        return source
+    raise ParamsError(
+        f"{where}: unknown source {source!r}; use files (the default), yfinance, akshare or ccxt:<exchange> "
+        "(for example ccxt:binance)."
+    )
 
 
 @dataclass(frozen=True)
 class WatchItem:
-    """One watchlist entry: a symbol at an interval on an exchange, and (optionally) its source file.
+    """One watchlist entry: a symbol at an interval on an exchange, and where its bars come from.
 
-    ``timezone`` is the exchange's, filled in when the entry is read.
+    ``source`` is ``files`` (a CSV/Parquet file in KRONOS_DATA_DIR, ``file`` or found by name) or a vendor
+    that is asked for new bars (``yfinance``, ``akshare``, ``ccxt:<exchange>``), under ``ticker`` when the
+    vendor names the symbol differently. ``timezone`` is the exchange's, filled in when the entry is read.
     """
 
     symbol: str
@@ -28,6 +42,12 @@ class WatchItem:
     interval: str
     file: str | None = None
     timezone: str = ""
+    source: str = "files"
+    ticker: str | None = None
+
+    @property
+    def vendor_symbol(self) -> str:
+        return self.ticker or self.symbol
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str) -> WatchItem:
@@ -38,12 +58,19 @@ class WatchItem:
         unknown = sorted(set(values) - set(KEYS))
         if unknown:
             raise ParamsError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(KEYS)}.")
+        symbol = str(values["symbol"]).strip()
+        if len(symbol) > SYMBOL_MAX:
+            raise ParamsError(f"{where}: symbol {symbol[:20]!r}... is {len(symbol)} characters; at most {SYMBOL_MAX}.")
+        source = check_source(str(values.get("source") or "files"), f"{where} ({symbol})")
+        if values.get("file") and source != "files":
+            raise ParamsError(f"{where} ({symbol}): `file` is for source files, not {source}; drop one of them.")
         try:
             interval = str(Interval.parse(values["interval"]))
             zone = exchange_timezone(values["exchange"])
         except DataError as exc:
-            raise ParamsError(f"{where} ({values['symbol']}): {exc}") from None
-        return cls(str(values["symbol"]), str(values["exchange"]).upper(), interval, values.get("file"), zone)
+            raise ParamsError(f"{where} ({symbol}): {exc}") from None
+        ticker = str(values["ticker"]) if values.get("ticker") else None
+        return cls(symbol, str(values["exchange"]).upper(), interval, values.get("file"), zone, source, ticker)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +86,9 @@ def parse_watchlist(raw: Any, where: str = "watchlist") -> list[WatchItem]:
     if isinstance(raw, dict):
         raw = raw.get("symbols")
     if not isinstance(raw, list) or not raw:
-        raise ParamsError(f"{where}: expected a non-empty list of entries (symbol, exchange, interval[, file]).")
+        raise ParamsError(
+            f"{where}: expected a non-empty list of entries (symbol, exchange, interval[, source, ticker, file])."
+        )
     items = [
         WatchItem.from_dict(entry if isinstance(entry, dict) else {}, f"{where} entry {i + 1}")
         for i, entry in enumerate(raw)

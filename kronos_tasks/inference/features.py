@@ -76,10 +76,21 @@ def time_features(stamps: pd.Series) -> np.ndarray:
 
 
 def normalise(values: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-feature z-scores clipped to [-clip, clip], in float32 as upstream: (normalised, mean, std)."""
+    """Per-feature z-scores clipped to [-clip, clip]: (normalised float32, mean, std).
+
+    Computed in float32 as upstream does; where float32 overflows (prices near 1e38, or volumes whose
+    squares pass 3e38), the statistics and z-scores are computed in float64 instead, and mean and std
+    stay float64 so that denormalised forecasts are finite too.
+    """
     x = values.astype(np.float32)
-    mean, std = np.mean(x, axis=0), np.std(x, axis=0)
-    return np.clip((x - mean) / (std + NORM_EPS), -clip, clip), mean, std
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = np.mean(x, axis=0), np.std(x, axis=0)
+        normalised = np.clip((x - mean) / (std + NORM_EPS), -clip, clip)
+    if np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite(normalised).all():
+        return normalised, mean, std
+    wide = values.astype(np.float64)
+    mean, std = np.mean(wide, axis=0), np.std(wide, axis=0)
+    return np.clip((wide - mean) / (std + NORM_EPS), -clip, clip).astype(np.float32), mean, std
 
 
 def denormalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

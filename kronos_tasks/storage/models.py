@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kronos_tasks.data.schema import SYMBOL_MAX
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -57,7 +59,7 @@ class Instrument(Base):
     """A symbol at one interval: where its bars came from and which calendar it trades on."""
 
     __tablename__ = "instruments"
-    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
     interval: Mapped[str] = mapped_column(String(16), primary_key=True)
     exchange: Mapped[str | None] = mapped_column(String(32))
     timezone: Mapped[str] = mapped_column(String(64))
@@ -69,7 +71,7 @@ class Bar(Base):
     """One OHLCVA bar; unique per symbol, interval and (UTC) timestamp, so re-ingesting updates in place."""
 
     __tablename__ = "bars"
-    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
     interval: Mapped[str] = mapped_column(String(16), primary_key=True)
     ts: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
     open: Mapped[float] = mapped_column(Float)
@@ -127,7 +129,7 @@ class Forecast(Base):
     run_id: Mapped[str] = mapped_column(
         String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"), primary_key=True
     )
-    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
     feature: Mapped[str] = mapped_column(String(16), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1 = the first future bar
     interval: Mapped[str] = mapped_column(String(16))
@@ -152,7 +154,7 @@ class StagedForecast(Base):
     __tablename__ = "staged_forecasts"
     run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
     batch: Mapped[str] = mapped_column(String(64), primary_key=True)
-    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
     feature: Mapped[str] = mapped_column(String(16), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     interval: Mapped[str] = mapped_column(String(16))
@@ -173,7 +175,7 @@ class SymbolFailure(Base):
     run_id: Mapped[str] = mapped_column(
         String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"), primary_key=True
     )
-    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
     stage: Mapped[str] = mapped_column(String(32))  # ingest, window, forecast
     reason: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -185,7 +187,7 @@ class ForecastScore(Base):
     __tablename__ = "forecast_scores"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"))
-    symbol: Mapped[str] = mapped_column(String(64))  # "*" for a score over all symbols
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX))  # "*" for a score over all symbols
     feature: Mapped[str] = mapped_column(String(16))
     horizon: Mapped[int] = mapped_column(Integer)  # step; 0 for a score over all steps
     method: Mapped[str] = mapped_column(String(32))  # model, persistence, drift
