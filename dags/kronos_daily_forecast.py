@@ -9,7 +9,7 @@ this file is wiring.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronTriggerTimetable, Param, Variable, dag, get_current_context, task
 
@@ -33,7 +33,7 @@ HERE = {"model": SETTINGS.model_alias, "batch_size": SETTINGS.batch_size}
 @dag(
     dag_id="kronos_daily_forecast",
     schedule=CronTriggerTimetable(SETTINGS.schedule, timezone=SETTINGS.timezone) if SETTINGS.schedule else None,
-    start_date=datetime(2024, 1, 1),
+    start_date=datetime(1970, 1, 1, tzinfo=timezone.utc),  # any date bars exist for runs for real
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "kronos-flow", "retries": 2, "retry_delay": timedelta(seconds=20)},
@@ -54,6 +54,13 @@ HERE = {"model": SETTINGS.model_alias, "batch_size": SETTINGS.batch_size}
             minimum=1,
             description="watchlist symbols per ingest and forecast task",
         ),
+        "max_staleness": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="bars a symbol's newest bar may lag its exchange calendar before it is skipped as stale "
+            "(empty: 2 sessions of daily bars, 8 hours of intraday bars)",
+        ),
         "max_failed_share": Param(
             SETTINGS.max_failed_share,
             type="number",
@@ -71,8 +78,8 @@ def kronos_daily_forecast():
         context = get_current_context()
         params = {name: context["params"][name] for name in ForecastParams.param_specs()}
         moment = context.get("logical_date") or context["dag_run"].run_after
-        share = context["params"]["max_failed_share"]
-        return daily.plan(params, moment, context["dag"].dag_id, context["run_id"], share)
+        share, staleness = context["params"]["max_failed_share"], context["params"]["max_staleness"]
+        return daily.plan(params, moment, context["dag"].dag_id, context["run_id"], share, staleness)
 
     @task
     def split_watchlist() -> list[Shard]:
@@ -83,10 +90,10 @@ def kronos_daily_forecast():
         return daily.split_watchlist(watchlist, params["symbols_per_task"])
 
     @task
-    def ingest(shard: Shard) -> IngestedBatch:
+    def ingest(run: RunPlan, shard: Shard) -> IngestedBatch:
         from kronos_tasks.pipeline import daily
 
-        return daily.ingest(shard)
+        return daily.ingest(run, shard)
 
     @task(**FORECAST_TASK)
     def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
@@ -113,7 +120,7 @@ def kronos_daily_forecast():
         return daily.finish(summary)
 
     run, shards = plan(), split_watchlist()
-    results = forecast.partial(run=run).expand(ingested=ingest.expand(shard=shards))
+    results = forecast.partial(run=run).expand(ingested=ingest.partial(run=run).expand(shard=shards))
     summary = persist(run, shards, results)
     log_to_mlflow(run, summary) >> finish(summary)
 

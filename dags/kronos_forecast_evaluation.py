@@ -7,7 +7,7 @@ model version, so versions compare side by side. Task bodies live in ``kronos_ta
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
@@ -19,7 +19,7 @@ SETTINGS = load()
 @dag(
     dag_id="kronos_forecast_evaluation",
     schedule=CronTriggerTimetable("0 7 * * 1-6", timezone=SETTINGS.timezone),
-    start_date=datetime(2024, 1, 1),
+    start_date=datetime(1970, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "kronos-flow", "retries": 2, "retry_delay": timedelta(minutes=1)},

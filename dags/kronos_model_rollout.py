@@ -9,7 +9,7 @@ database and in MLflow. Task bodies live in ``kronos_tasks.pipeline.rollout``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -27,7 +27,7 @@ BACKTEST_TASK = {
 @dag(
     dag_id="kronos_model_rollout",
     schedule=None,
-    start_date=datetime(2024, 1, 1),
+    start_date=datetime(1970, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "kronos-flow", "retries": 0},

@@ -59,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=commands.cmd_ingest)
 
+    fetch = subcommands.add_parser(
+        "fetch", help="fetch bars of watchlist symbols from their vendors (yfinance, ccxt, akshare) into the database"
+    )
+    fetch.add_argument("symbols", nargs="+", help="symbol[:interval] of the watchlist, or any symbol with --source")
+    fetch.add_argument("--since", help="fetch from this date or time (default: resume after the stored bars)")
+    fetch.add_argument("--until", help="fetch bars closed by this time (default: now)")
+    fetch.add_argument("--source", help="yfinance, akshare or ccxt:<exchange> for symbols not in the watchlist")
+    fetch.add_argument("--exchange", help="with --source: exchange_calendars code or 24/7")
+    fetch.add_argument("--interval", help="with --source: bar interval, e.g. 1d, 1h, 5min")
+    fetch.add_argument("--ticker", help="with --source and one symbol: the vendor's name for it")
+    fetch.add_argument(
+        "--policy", action="append", metavar="RULE=ACTION", help="validation policy, as for ingest (repeatable)"
+    )
+    fetch.set_defaults(func=commands.cmd_fetch)
+
     pair = subcommands.add_parser("random-pair", help="write an UNTRAINED random tokenizer and model (tests, demos)")
     pair.add_argument("folder")
     pair.add_argument("--preset", default="tiny", choices=["tiny", "Kronos-mini", "Kronos-small", "Kronos-base"])

@@ -72,6 +72,79 @@ def cmd_ingest(args) -> int:
     return 1 if result.failed and not result.written else 0
 
 
+def _utc_time(text: str, option: str):
+    import pandas as pd
+
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise ParamsError(
+            f"{option} must be a date or ISO time such as 2024-01-31 or 2024-01-31T09:30Z, got {text!r}."
+        ) from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def fetch_items(args, watchlist_path: Path):
+    """The watchlist entries ``kronos-flow fetch`` names: ``symbol[:interval]`` from the watchlist, or built
+    from ``--source``, ``--exchange`` and ``--interval`` for symbols outside it."""
+    from kronos_tasks.data.watchlist import WatchItem, load_watchlist
+
+    if args.source:
+        if not (args.exchange and args.interval):
+            raise ParamsError(
+                "--source needs --exchange and --interval too (for example --exchange XNYS --interval 1d)."
+            )
+        if args.ticker and len(args.symbols) > 1:
+            raise ParamsError("--ticker names the vendor's symbol of one symbol; give one symbol with it.")
+        return [
+            WatchItem.from_dict(
+                {
+                    "symbol": symbol,
+                    "exchange": args.exchange,
+                    "interval": args.interval,
+                    "source": args.source,
+                    "ticker": args.ticker,
+                },
+                "--source",
+            )
+            for symbol in args.symbols
+        ]
+    watchlist = load_watchlist(watchlist_path)
+    items = []
+    for wanted in args.symbols:
+        symbol, _, interval = wanted.partition(":")
+        found = [i for i in watchlist if i.symbol == symbol and (not interval or i.interval == interval)]
+        if not found:
+            raise ParamsError(
+                f"{wanted!r} is not in the watchlist {watchlist_path}; add it there or give --source, --exchange "
+                "and --interval."
+            )
+        if found[0].source == "files":
+            raise ParamsError(f"{wanted!r} reads its bars from files; use `kronos-flow ingest FILE` for it.")
+        items += found
+    return items
+
+
+def cmd_fetch(args) -> int:
+    """Fetch (or backfill from ``--since``) the bars of symbols from their vendors, as the daily DAG does."""
+    import pandas as pd
+
+    from kronos_tasks.pipeline.ingest import IngestResult, ingest_fetched
+
+    settings = load()
+    items = fetch_items(args, settings.watchlist)
+    since = _utc_time(args.since, "--since") if args.since else None
+    until = _utc_time(args.until, "--until") if args.until else pd.Timestamp.now("UTC")
+    if since is not None and since >= until:
+        raise ParamsError(f"--since {args.since} is not before --until ({until}).")
+    policies = dict(item.split("=", 1) for item in args.policy or [])
+    engine, result = _engine(), IngestResult()
+    for item in items:
+        result.merge(ingest_fetched(engine, item, until, since=since, policies=policies))
+    print(result.render())
+    return 1 if result.failed else 0
+
+
 def cmd_random_pair(args) -> int:
     from kronos_tasks.model.presets import write_random_pair
 
@@ -149,13 +222,20 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from kronos_tasks.storage import list_runs
+    from kronos_tasks.storage import list_runs, run_failures
 
-    runs = list_runs(_engine(), limit=args.limit)
+    engine = _engine()
+    runs = list_runs(engine, limit=args.limit)
+    failures = run_failures(engine, [r.run_id for r in runs])
     if args.json:
-        print(
-            json.dumps([{c.name: getattr(r, c.name) for c in r.__table__.columns} for r in runs], default=str, indent=2)
-        )
+        rows = [
+            {
+                **{c.name: getattr(r, c.name) for c in r.__table__.columns},
+                "failures": [{"symbol": f.symbol, "stage": f.stage, "reason": f.reason} for f in failures[r.run_id]],
+            }
+            for r in runs
+        ]
+        print(json.dumps(rows, default=str, indent=2))
         return 0
     if not runs:
         print("no forecast runs yet; try `kronos-flow demo`.")
@@ -170,6 +250,8 @@ def cmd_runs(args) -> int:
             f"samples {r.sample_count}, quantiles {r.quantiles}, seed {r.seed}\n"
             f"  data window sha256 {r.data_window_hash}, MLflow run {r.mlflow_run_id}"
         )
+        for failure in failures[r.run_id]:
+            print(f"  failed {failure.symbol} ({failure.stage}): {failure.reason}")
     return 0
 
 
@@ -196,7 +278,7 @@ def cmd_forecast(args) -> int:
     checkpoints = None
     if args.checkpoints:
         checkpoints = Checkpoints(Path(args.checkpoints[0]), Path(args.checkpoints[1]), args.max_context)
-    params, label = forecast_file(
+    done = forecast_file(
         Path(args.csv),
         Path(args.out),
         args.exchange,
@@ -205,7 +287,12 @@ def cmd_forecast(args) -> int:
         checkpoints=checkpoints,
         device=args.device,
     )
-    print(f"wrote {args.out}: {label}, seed {params.seed}, {params.sample_count} samples, pred_len {params.pred_len}")
+    for finding in done.dropped:
+        print(f"dropped {finding}", file=sys.stderr)
+    params = done.params
+    print(
+        f"wrote {args.out}: {done.model}, seed {params.seed}, {params.sample_count} samples, pred_len {params.pred_len}"
+    )
     return 0
 
 

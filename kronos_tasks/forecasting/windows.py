@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from kronos_tasks.data import FEATURES, DataError, Interval, future_timestamps
@@ -92,6 +93,15 @@ def predict_windows(
                     results[window.symbol] = run([window])[0]
                 except KronosFlowError as single:
                     failed[window.symbol] = f"{type(single).__name__}: {single}"
+    for symbol, forecast in list(results.items()):
+        bad = ~np.isfinite(forecast.samples).all(axis=(0, 1))
+        if bad.any():  # never stored: a NaN or inf forecast is a failure of that symbol alone
+            del results[symbol]
+            columns = [name for name, flag in zip(FEATURES, bad) if flag]
+            failed[symbol] = (
+                f"the forecast of {columns} is not finite (values too large for the model's float32 arithmetic?); "
+                "check the bars' magnitudes"
+            )
     return results, failed
 
 

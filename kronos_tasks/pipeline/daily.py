@@ -12,26 +12,25 @@ import logging
 import socket
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from kronos_tasks import __version__
-from kronos_tasks.data import DataError
-from kronos_tasks.data.watchlist import WatchItem, load_watchlist, parse_watchlist
+from kronos_tasks.data import DataError, Interval
+from kronos_tasks.data.freshness import StaleData, check_fresh
+from kronos_tasks.data.watchlist import load_watchlist, parse_watchlist
 from kronos_tasks.errors import KronosFlowError, ParamsError
 from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.hashing import combine
 from kronos_tasks.inference.params import InputError, check_int
 from kronos_tasks.storage import clear_staging, persist_run, read_bars, stage_forecasts
-from kronos_tasks.storage.bars import instrument
 
 from . import runtime
-from .ingest import ingest_file
+from .ingest import ingest_fetched, ingest_file, resume_point, source_file
 from .payloads import BatchResult, Failure, IngestedBatch, RunPlan, RunSummary, Shard
 
 log = logging.getLogger(__name__)
-
-INGEST_OVERLAP_BARS = 10  # bars before the last stored one that are re-read, so vendor corrections land
 
 
 class RunFailed(KronosFlowError, RuntimeError):
@@ -44,6 +43,7 @@ def plan(
     dag_id: str,
     dag_run_id: str | None = None,
     max_failed_share: float | None = None,
+    max_staleness: int | None = None,
 ) -> RunPlan:
     """Validate the run's parameters, pin the model once and fix the seed.
 
@@ -55,6 +55,11 @@ def plan(
     share = settings.max_failed_share if max_failed_share is None else max_failed_share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ParamsError(f"max_failed_share must be a number between 0 and 1, got {share!r}.")
+    if max_staleness is not None:
+        try:
+            check_int("max_staleness", max_staleness, 0)
+        except InputError as exc:
+            raise ParamsError(str(exc)) from None
     origin = runtime.utc(logical_date)
     run_id = f"{dag_id}@{origin.isoformat()}"
     model = requested.model or settings.model_alias
@@ -70,6 +75,7 @@ def plan(
         params=resolved,
         pinned=pinned,
         max_failed_share=float(share),
+        max_staleness=max_staleness,
     )
 
 
@@ -86,41 +92,29 @@ def split_watchlist(watchlist: Any, symbols_per_task: int | None = None) -> list
     return [Shard(i, tuple(items[start : start + size])) for i, start in enumerate(range(0, len(items), size))]
 
 
-def _source_file(item: WatchItem, data_dir: Path) -> Path:
-    if item.file:
-        path = Path(item.file)
-        return path if path.is_absolute() else data_dir / path
-    for suffix in (".csv", ".parquet", ".csv.gz"):
-        for name in (f"{item.symbol}_{item.interval}{suffix}", f"{item.symbol}{suffix}"):
-            if (data_dir / name).is_file():
-                return data_dir / name
-    raise DataError(
-        f"{item.symbol}: no file {item.symbol}_{item.interval}.csv (or .parquet) in {data_dir}; "
-        "add one or set `file` in the watchlist."
-    )
-
-
-def ingest(shard: Shard) -> IngestedBatch:
-    """Ingest the new bars of one shard's symbols; a symbol that fails is reported, not raised."""
+def ingest(run: RunPlan, shard: Shard) -> IngestedBatch:
+    """Ingest the new bars of one shard's symbols: from their files, or fetched from their vendors up to the
+    run's logical time (never later than now). A symbol that fails is reported, not raised."""
     settings, engine = runtime.settings(), runtime.engine()
+    until = min(pd.Timestamp(run.origin), pd.Timestamp.now("UTC"))
     written, failed = {}, {}
     for item in shard.items:
-        try:
-            path = _source_file(item, settings.data_dir)
-            since = None
-            if instrument(engine, item.symbol, item.interval) is not None:
-                last = read_bars(engine, item.symbol, item.interval, limit=INGEST_OVERLAP_BARS)
-                since = last["ts"].iloc[0] if len(last) else None
+        if item.source == "files":
+            try:
+                path = source_file(item, settings.data_dir)
+            except DataError as exc:
+                failed[item.symbol] = str(exc)
+                continue
+            since = resume_point(engine, item.symbol, item.interval)
             result = ingest_file(
                 engine, path, symbol=item.symbol, interval=item.interval, exchange=item.exchange, since=since
             )
-        except DataError as exc:
-            failed[item.symbol] = str(exc)
-            continue
+        else:
+            result = ingest_fetched(engine, item, until)
         written[item.symbol] = result.written.get(item.symbol, 0)
         if item.symbol in result.failed:
             failed[item.symbol] = result.failed[item.symbol]
-        log.info("ingested %s: %s", item.symbol, result.render())
+        log.info("ingested %s from %s: %s", item.symbol, item.source, result.render())
     return IngestedBatch(shard, written, failed)
 
 
@@ -154,7 +148,11 @@ def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
             continue
         try:
             bars = read_bars(engine, item.symbol, item.interval, end=origin, limit=params.lookback)
+            interval = Interval.parse(item.interval)
+            check_fresh(item.symbol, bars["ts"], pd.Timestamp(origin), interval, item.exchange, run.max_staleness)
             windows.append(make_window(item, bars, params, pair.max_context))
+        except StaleData as exc:
+            failed[item.symbol] = Failure("stale", str(exc))
         except DataError as exc:
             failed[item.symbol] = Failure("window", str(exc))
     predicted, errors = predict_windows(predictor, windows, params, run.seed)

@@ -1,4 +1,5 @@
-"""Ingestion: read bar files, validate them, upsert what passes. One bad symbol never stops the others."""
+"""Ingestion: read bar files or fetch from vendors, validate, upsert what passes. One bad symbol never stops
+the others."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from kronos_tasks.data import DataError, Interval, Report, exchange_timezone, files_under, read_series, validate
-from kronos_tasks.storage import write_bars
+from kronos_tasks.data.watchlist import WatchItem
+from kronos_tasks.storage import instrument, read_bars, write_bars
 
 log = logging.getLogger(__name__)
+
+OVERLAP_BARS = 10  # stored bars re-read on every incremental ingest, so that vendor corrections land
+INITIAL_BARS = 2048  # bars a symbol's first fetch asks for (the vendor may serve fewer)
 
 
 @dataclass
@@ -36,6 +42,57 @@ class IngestResult:
         return "\n".join(lines)
 
 
+def source_file(item: WatchItem, data_dir: Path) -> Path:
+    """The file of a ``files`` watchlist entry: its ``file`` (relative to ``data_dir``), else
+    ``<symbol>_<interval>.csv`` / ``.parquet`` / ``.csv.gz`` or ``<symbol>.csv`` ... in ``data_dir``."""
+    if item.file:
+        path = Path(item.file)
+        return path if path.is_absolute() else data_dir / path
+    for suffix in (".csv", ".parquet", ".csv.gz"):
+        for name in (f"{item.symbol}_{item.interval}{suffix}", f"{item.symbol}{suffix}"):
+            if (data_dir / name).is_file():
+                return data_dir / name
+    raise DataError(
+        f"{item.symbol}: no file {item.symbol}_{item.interval}.csv (or .parquet) in {data_dir}; "
+        "add one or set `file` in the watchlist."
+    )
+
+
+def _rows(bars, limit: int = 5) -> str:
+    rows = [str(r) for r in bars["row"].iloc[:limit]]
+    return ", ".join(rows) + (f" and {len(bars) - limit} more" if len(bars) > limit else "")
+
+
+def place_of(
+    engine: Engine, symbol: str, interval: str, exchange: str | None, timezone: str | None
+) -> tuple[str | None, str]:
+    """(exchange, timezone) of a symbol's bars: the ones given, else those it was first ingested with, else UTC.
+
+    A choice that contradicts the stored one is refused: the same bars would be stored a second time at
+    other UTC times.
+    """
+    stored = instrument(engine, symbol, interval)
+    if exchange:
+        zone = exchange_timezone(exchange)
+        if stored is not None and ((stored.exchange or "").upper() != exchange.upper() or stored.timezone != zone):
+            raise DataError(
+                f"{symbol} at {interval} was ingested with exchange {stored.exchange or 'none'} "
+                f"(timezone {stored.timezone}); ingesting it with exchange {exchange.upper()} would store its bars "
+                f"again at other times. Drop --exchange (the stored one applies) or use a new symbol name."
+            )
+        return exchange.upper(), zone
+    if timezone:
+        if stored is not None and stored.timezone != timezone:
+            raise DataError(
+                f"{symbol} at {interval} was ingested with timezone {stored.timezone}; ingesting it with "
+                f"{timezone} would store its bars again at other times. Drop --timezone (the stored one applies)."
+            )
+        return (stored.exchange if stored is not None else None), timezone
+    if stored is not None:
+        return stored.exchange, stored.timezone
+    return None, "UTC"
+
+
 def ingest_file(
     engine: Engine,
     path: Path,
@@ -49,35 +106,109 @@ def ingest_file(
 ) -> IngestResult:
     """Ingest one file; every problem ends up in the result, keyed by symbol (or by file name).
 
-    With ``since``, only bars at or after it are read (the daily DAG's incremental ingest).
+    Each symbol keeps the exchange and timezone it was first ingested with (see ``place_of``); times
+    without a UTC offset are read in that timezone. With ``since``, only bars at or after it are read
+    (the daily DAG's incremental ingest).
     """
     result = IngestResult()
     try:
-        zone = timezone or (exchange_timezone(exchange) if exchange else "UTC")
-        series = read_series(path, zone, symbol, Interval.parse(interval) if interval else None)
+        read_zone = timezone or (exchange_timezone(exchange) if exchange else "UTC")
+        series = read_series(path, read_zone, symbol, Interval.parse(interval) if interval else None)
     except DataError as exc:
         result.failed[symbol or path.name] = str(exc)
         return result
     for item in series:
-        if since is not None:
-            item.bars = item.bars[item.bars["ts"] >= since].reset_index(drop=True)
-            if item.bars.empty:  # nothing new
-                result.written[item.symbol] = 0
-                continue
-        try:
-            kept, report = validate(item.symbol, item.bars, item.interval, zone, policies)
-            if item.notes:
-                report.notes[item.symbol] = list(item.notes)
-            result.report.merge(report)
-            if item.symbol in report.rejected_symbols:
-                result.failed[item.symbol] = f"rejected by validation: {report.rejected_symbols[item.symbol]}"
-                continue
-            result.written[item.symbol] = write_bars(
-                engine, item.symbol, str(item.interval), kept, exchange, zone, str(path)
+        if not item.symbol:
+            result.failed[f"{path.name} (blank symbol)"] = (
+                f"{path}: {len(item.bars)} row(s) with a blank symbol cell (rows {_rows(item.bars)}); "
+                "fill in the symbol column."
             )
-        except (DataError, SQLAlchemyError, ValueError) as exc:
+            continue
+        try:
+            place, zone = place_of(engine, item.symbol, str(item.interval), exchange, timezone)
+            if item.naive and zone != read_zone:  # wall-clock times of the stored timezone, not of UTC
+                local = item.bars["ts"].dt.tz_convert(read_zone).dt.tz_localize(None)
+                item.bars["ts"] = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+            if since is not None:
+                item.bars = item.bars[item.bars["ts"] >= since].reset_index(drop=True)
+                if item.bars.empty:  # nothing new
+                    result.written[item.symbol] = 0
+                    continue
+            store(engine, result, item.symbol, item.interval, item.bars, place, zone, str(path), policies, item.notes)
+        except (DataError, SQLAlchemyError) as exc:
             log.exception("ingesting %s from %s failed", item.symbol, path)
             result.failed[item.symbol] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def store(
+    engine: Engine,
+    result: IngestResult,
+    symbol: str,
+    interval: Interval,
+    bars: pd.DataFrame,
+    exchange: str | None,
+    zone: str,
+    source: str,
+    policies: dict[str, str] | None = None,
+    notes: list[str] | None = None,
+) -> None:
+    """Validate one symbol's bars and upsert those that pass; the outcome goes into ``result``."""
+    kept, report = validate(symbol, bars, interval, zone, policies)
+    if notes:
+        report.notes[symbol] = list(notes)
+    result.report.merge(report)
+    if symbol in report.rejected_symbols:
+        found = "; ".join([report.rejected_symbols[symbol], *(notes or [])])
+        result.failed[symbol] = f"rejected by validation: {found}"
+        return
+    result.written[symbol] = write_bars(engine, symbol, str(interval), kept, exchange, zone, source)
+
+
+def resume_point(engine: Engine, symbol: str, interval: str) -> pd.Timestamp | None:
+    """Where an incremental ingest starts: ``OVERLAP_BARS`` before the newest stored bar (None: nothing stored),
+    so that bars a vendor corrected since are read, validated and upserted again."""
+    last = read_bars(engine, symbol, interval, limit=OVERLAP_BARS)
+    return last["ts"].iloc[0] if len(last) else None
+
+
+def initial_start(interval: Interval, until: pd.Timestamp) -> pd.Timestamp:
+    """Where the first fetch of a symbol starts: ``INITIAL_BARS`` bars' worth of time before ``until``
+    (calendar time: markets close overnight and at weekends)."""
+    if interval.daily:
+        return until - pd.Timedelta(days=round(INITIAL_BARS * 7 / 5))
+    return until - INITIAL_BARS * interval.timedelta * 4
+
+
+def ingest_fetched(
+    engine: Engine,
+    item: WatchItem,
+    until: pd.Timestamp,
+    since: pd.Timestamp | None = None,
+    policies: dict[str, str] | None = None,
+) -> IngestResult:
+    """Fetch a watchlist entry's bars from its vendor up to ``until`` and store what passes validation.
+
+    Without ``since`` the fetch resumes from the stored bars (``resume_point``), or starts ``initial_start``
+    back for a new symbol. Only bars that have closed by ``until`` are stored.
+    """
+    from kronos_tasks.data.vendors import fetch_bars, vendor_for
+
+    result = IngestResult()
+    interval = Interval.parse(item.interval)
+    try:
+        place, zone = place_of(engine, item.symbol, item.interval, item.exchange, None)
+        start = since if since is not None else resume_point(engine, item.symbol, item.interval)
+        start = initial_start(interval, until) if start is None else start
+        vendor = vendor_for(item.source)
+        bars = fetch_bars(vendor, item.symbol, item.vendor_symbol, interval, item.exchange, start, until)
+        if bars.empty:
+            result.written[item.symbol] = 0
+            return result
+        store(engine, result, item.symbol, interval, bars, place, zone, f"{item.source}:{item.vendor_symbol}", policies)
+    except (DataError, SQLAlchemyError) as exc:
+        log.warning("fetching %s from %s failed: %s", item.symbol, item.source, exc)
+        result.failed[item.symbol] = str(exc)
     return result
 
 

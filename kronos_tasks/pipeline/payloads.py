@@ -45,6 +45,7 @@ class RunPlan:
     params: ForecastParams  # resolved: no empty values
     pinned: PinnedPair
     max_failed_share: float
+    max_staleness: int | None = None  # bars a symbol may lag its calendar (None: the interval's default)
 
     @property
     def seed(self) -> int:

@@ -17,6 +17,15 @@ from . import runtime
 
 
 @dataclass(frozen=True)
+class FileForecast:
+    """What ``forecast_file`` did: the parameters resolved for it, what made it, the bars validation dropped."""
+
+    params: ForecastParams
+    model: str
+    dropped: list[str]
+
+
+@dataclass(frozen=True)
 class Checkpoints:
     """Local checkpoint folders to forecast with instead of a registered pair."""
 
@@ -51,9 +60,9 @@ def forecast_file(
     interval: str | None = None,
     checkpoints: Checkpoints | None = None,
     device: str | None = None,
-) -> tuple[ForecastParams, str]:
+) -> FileForecast:
     """Forecast every symbol of ``bars_file`` with the registered ``params.model`` (or local ``checkpoints``)
-    and write the wide forecast table to ``out`` -> (the parameters resolved for it, what model made it).
+    and write the wide forecast table to ``out``. Bars that fail validation are dropped and named.
 
     Without a seed, the seed derives from the file's name, so the same file forecasts the same way.
     """
@@ -71,9 +80,13 @@ def forecast_file(
     params = params.resolve(max_context, model, settings.batch_size, seed_key=bars_file.name)
     predictor = load_predictor(tokenizer_path, model_path, max_context, device or settings.device, params.batch_size)
 
-    windows = []
+    windows, dropped = [], []
     for item in series:
+        if not item.symbol:
+            rows = ", ".join(str(r) for r in item.bars["row"].iloc[:5])
+            raise DataError(f"{bars_file}: {len(item.bars)} row(s) with a blank symbol cell (rows {rows}, ...).")
         kept, report = validate(item.symbol, item.bars, item.interval, zone)
+        dropped += [str(f) for f in report.findings if f.action != "warn"]
         if item.symbol in report.rejected_symbols:
             raise DataError(f"{bars_file}: {item.symbol} rejected by validation:\n{report.render()}")
         bars = kept[["ts", "open", "high", "low", "close", "volume", "amount"]]
@@ -85,4 +98,4 @@ def forecast_file(
     rows = [row for w in windows for row in forecast_rows("cli", w, predicted[w.symbol])]
     out.parent.mkdir(parents=True, exist_ok=True)
     wide_frame(rows, zone).to_csv(out, index=False)
-    return params, label
+    return FileForecast(params, label, dropped)

@@ -2,7 +2,16 @@
 
 from .bars import bar_count, instrument, read_bars, write_bars
 from .db import DatabaseError, current_revision, downgrade, make_engine, require_schema, upgrade, upsert
-from .runs import clear_staging, get_run, list_runs, persist_run, record_decision, stage_forecasts, update_run
+from .runs import (
+    clear_staging,
+    get_run,
+    list_runs,
+    persist_run,
+    record_decision,
+    run_failures,
+    stage_forecasts,
+    update_run,
+)
 
 __all__ = [
     "DatabaseError",
@@ -14,6 +23,7 @@ __all__ = [
     "get_run",
     "instrument",
     "list_runs",
+    "run_failures",
     "make_engine",
     "persist_run",
     "read_bars",

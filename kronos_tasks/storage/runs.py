@@ -78,6 +78,18 @@ def list_runs(engine: Engine, limit: int = 20, kind: str | None = None) -> list[
         return list(session.scalars(query))
 
 
+def run_failures(engine: Engine, run_ids: Sequence[str]) -> dict[str, list[SymbolFailure]]:
+    """The symbols each of ``run_ids`` could not forecast, by symbol."""
+    if not run_ids:
+        return {}
+    query = select(SymbolFailure).where(SymbolFailure.run_id.in_(list(run_ids))).order_by(SymbolFailure.symbol)
+    found: dict[str, list[SymbolFailure]] = {run_id: [] for run_id in run_ids}
+    with Session(engine) as session:
+        for failure in session.scalars(query):
+            found[failure.run_id].append(failure)
+    return found
+
+
 def record_decision(engine: Engine, decision: dict[str, Any]) -> None:
     decision = {"decided_at": datetime.now(timezone.utc), **decision}
     with engine.begin() as connection:
