@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,kubernetes,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,kubernetes,sources,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,7 +38,7 @@ lint: install
 constraints: install
 	( echo "# Resolved together for Python 3.11 (pip freeze of a working .venv; torch is installed first by the"; \
 	  echo "# Makefile and left out). Regenerate: make constraints."; \
-	  $(BIN)/pip freeze | grep -v -E "^(torch==|kronos-flow|-e )" ) > constraints.txt
+	  $(BIN)/pip freeze | grep -v -E "^(torch==|kronos-flow|-e |# Editable)" ) > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache
