@@ -150,3 +150,93 @@ def test_backtest_over_a_hundred_origins_for_a_model_and_the_baseline(home, tmp_
     assert rows["origin_ts"].nunique() == 100 and {"mean", "p_up", "crps", "persistence"} <= set(rows.columns)
     baseline = cli(home, "backtest", *common, "--baseline").stdout
     assert "100 origins" in baseline and "persistence" in baseline and "kronos-model" not in baseline
+
+
+def test_forecast_names_the_rows_it_drops(home, tmp_path):
+    cli(home, "random-pair", tmp_path / "pair", "--seed", "3")
+    bars = pd.read_csv(SAMPLE_DATA / "a_share_5min.csv").iloc[:300]
+    bars.loc[40, "close"] = -1.0  # row 41
+    bars.loc[99, "volume"] = float("nan")  # row 100
+    bars.to_csv(tmp_path / "X_5min.csv", index=False)
+    result = cli(
+        home,
+        "forecast",
+        tmp_path / "X_5min.csv",
+        "--out",
+        tmp_path / "f.csv",
+        "--exchange",
+        "XSHG",
+        "--checkpoints",
+        tmp_path / "pair/tokenizer",
+        tmp_path / "pair/model",
+        "--pred-len",
+        "2",
+        "--sample-count",
+        "1",
+    )
+    dropped = [line for line in result.stderr.splitlines() if line.startswith("dropped")]
+    assert {line.split()[3] for line in dropped} == {"41", "100"}
+    assert any("row 41" in line and "[non_positive_price]" in line for line in dropped)
+    assert any("row 100" in line and "[non_finite]" in line for line in dropped)
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 2
+
+
+@pytest.mark.slow
+def test_fetch_backfills_from_since_then_resumes_and_names_what_failed(home, tmp_path):
+    tests = Path(__file__).resolve().parent
+    env = {
+        **home,
+        "PYTHONPATH": os.pathsep.join([str(tests / "replay_site"), str(tests)]),
+        "KRONOS_REPLAY_CACHE": str(tmp_path / "yfinance-cache"),
+    }
+    cli(env, "init")
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(
+        "symbols:\n"
+        "  - {symbol: BTC-USDT, exchange: 24/7, interval: 1h, source: 'ccxt:binance', ticker: BTC/USDT}\n"
+        "  - {symbol: SAMPLE, exchange: XSHG, interval: 5min}\n"
+    )
+    env["KRONOS_WATCHLIST"] = str(watchlist)
+    out = cli(env, "fetch", "BTC-USDT", "--since", "2024-08-20", "--until", "2024-08-28T04:00Z").stdout
+    assert "wrote 196 bar(s) for BTC-USDT" in out  # 2024-08-20 00:00 .. 2024-08-28 03:00, hourly
+    out = cli(env, "fetch", "BTC-USDT:1h", "--until", "2024-08-29T04:00Z").stdout
+    assert "wrote 34 bar(s) for BTC-USDT" in out  # 10 bars of overlap upserted + 24 new
+    out = cli(
+        env,
+        "fetch",
+        "GOOG-YF",
+        "--source",
+        "yfinance",
+        "--exchange",
+        "XNYS",
+        "--interval",
+        "1d",
+        "--ticker",
+        "GOOG",
+        "--since",
+        "2024-08-01",
+        "--until",
+        "2024-08-29",
+    ).stdout
+    assert "wrote 20 bar(s) for GOOG-YF" in out
+    refused = cli(env, "fetch", "SAMPLE", ok=False)
+    assert refused.returncode == 1 and "reads its bars from files; use `kronos-flow ingest FILE`" in refused.stderr
+    failed = cli(
+        env,
+        "fetch",
+        "NOPE",
+        "--source",
+        "ccxt:binance",
+        "--exchange",
+        "24/7",
+        "--interval",
+        "1h",
+        "--ticker",
+        "NOPE/USDT",
+        "--since",
+        "2024-08-20",
+        "--until",
+        "2024-08-21",
+        ok=False,
+    )
+    assert failed.returncode == 1 and "FAILED NOPE" in failed.stdout and "does not have market symbol" in failed.stdout

@@ -17,6 +17,8 @@ from conftest import SAMPLE_DATA
 pytestmark = pytest.mark.slow
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 DATE = "2024-08-28T17:30:00-04:00"
+# The bundled GOOG bars end in 2013: runs on 2024 dates forecast it only when told that stale data is fine.
+STALE_OK = {"max_staleness": 10**6}
 
 
 def test_dag_files_parse_fast_without_heavy_imports():
@@ -101,7 +103,7 @@ def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
     from kronos_tasks.storage.models import Forecast, SymbolFailure
 
     settings, env, registry = airflow_setup
-    assert run_dag(env, "kronos_daily_forecast") == 0
+    assert run_dag(env, "kronos_daily_forecast", conf=STALE_OK) == 0
     engine = engine_of(settings)
     run_id = "kronos_daily_forecast@2024-08-28T21:30:00+00:00"
     run = get_run(engine, run_id)
@@ -124,7 +126,7 @@ def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
 
     # The same logical date again: same seed, same rows (replaced, not duplicated), one live MLflow run.
     before = rows.set_index(["symbol", "feature", "step"])["mean"].sort_index()
-    assert run_dag(env, "kronos_daily_forecast") == 0
+    assert run_dag(env, "kronos_daily_forecast", conf=STALE_OK) == 0
     again = get_run(engine, run_id)
     assert again.seed == run.seed and again.mlflow_run_id != run.mlflow_run_id
     with engine.connect() as connection:
@@ -146,7 +148,7 @@ def test_one_bad_symbol_does_not_take_the_others_down(airflow_setup, tmp_path):
         {"symbol": "MISSING", "exchange": "XNYS", "interval": "1d"},
     ]
     date = "2024-08-27T17:30:00-04:00"
-    conf = {"watchlist": watchlist, "max_failed_share": 0.5, "pred_len": 8}
+    conf = {"watchlist": watchlist, "max_failed_share": 0.5, "pred_len": 8, **STALE_OK}
     assert run_dag(env, "kronos_daily_forecast", date, conf) == 0
     engine = engine_of(settings)
     run = get_run(engine, "kronos_daily_forecast@2024-08-27T21:30:00+00:00")
@@ -161,6 +163,48 @@ def test_one_bad_symbol_does_not_take_the_others_down(airflow_setup, tmp_path):
     # Past the allowed share the run fails, after its rows were stored.
     assert run_dag(env, "kronos_daily_forecast", date, {**conf, "max_failed_share": 0.2}) == 1
     assert get_run(engine, run.run_id).symbols_ok == 2
+
+
+def test_a_stale_symbol_is_skipped_with_both_times_and_the_others_are_forecast(airflow_setup, tmp_path):
+    from kronos_tasks.storage import get_run
+    from kronos_tasks.storage.models import SymbolFailure
+
+    settings, env, registry = airflow_setup
+    date = "2024-08-26T17:30:00-04:00"
+    assert run_dag(env, "kronos_daily_forecast", date, {"max_failed_share": 0.5, "pred_len": 8}) == 0
+    engine = engine_of(settings)
+    run = get_run(engine, "kronos_daily_forecast@2024-08-26T21:30:00+00:00")
+    assert (run.status, run.symbols_ok, run.symbols_failed) == ("partial", 1, 1)
+    with engine.connect() as connection:
+        failure = connection.execute(select(SymbolFailure).where(SymbolFailure.run_id == run.run_id)).mappings().one()
+    assert failure["symbol"] == "GOOG" and failure["stage"] == "stale"
+    assert "newest bar is 2013-03-01" in failure["reason"] and "bars up to 2024-08-26" in failure["reason"]
+    assert "max_staleness 2" in failure["reason"]
+    # kronos-flow runs and the MLflow run show it too.
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("kronos-flow")), "runs", "--limit", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"failed GOOG (stale): {failure['reason']}" in shown
+    logged = registry.client.download_artifacts(run.mlflow_run_id, "failures.csv", str(tmp_path))
+    assert pd.read_csv(logged).set_index("symbol").loc["GOOG", "stage"] == "stale"
+    # Counted against max_failed_share like any other failure.
+    assert run_dag(env, "kronos_daily_forecast", date, {"max_failed_share": 0.2, "pred_len": 8}) == 1
+
+
+def test_a_date_the_data_covers_runs_for_real_even_long_before_today(airflow_setup):
+    """2013-03-04 (GOOG's bars end on Friday 2013-03-01): task instances run and the forecast is stored."""
+    from kronos_tasks.storage import get_run
+
+    settings, env, _ = airflow_setup
+    watchlist = [{"symbol": "GOOG", "exchange": "XNYS", "interval": "1d", "file": "GOOG_1d.csv"}]
+    conf = {"watchlist": watchlist, "pred_len": 4}
+    assert run_dag(env, "kronos_daily_forecast", "2013-03-04T06:00:00-05:00", conf) == 0
+    run = get_run(engine_of(settings), "kronos_daily_forecast@2013-03-04T11:00:00+00:00")
+    assert run is not None and (run.status, run.symbols_ok, run.symbols_failed) == ("success", 1, 0)
 
 
 def test_rollout_refuses_a_candidate_that_loses_to_persistence_then_promotes_and_rolls_back(airflow_setup):
@@ -194,7 +238,7 @@ def test_evaluation_dag_scores_a_past_run(airflow_setup):
     from kronos_tasks.storage.models import ForecastScore
 
     settings, env, registry = airflow_setup
-    assert run_dag(env, "kronos_daily_forecast") == 0  # the 2024-08-28 run, whose targets arrived on the 29th
+    assert run_dag(env, "kronos_daily_forecast", conf=STALE_OK) == 0  # the 2024-08-28 run: targets arrived on the 29th
     assert run_dag(env, "kronos_forecast_evaluation", "2024-08-30T07:00:00-04:00", {"lookback_days": 10}) == 0
     engine = engine_of(settings)
     run_id = "kronos_daily_forecast@2024-08-28T21:30:00+00:00"
@@ -219,3 +263,62 @@ def test_evaluation_dag_scores_a_past_run(airflow_setup):
             )
         ).scalar_one()
     assert runs and runs[0].data.metrics["points"] == pooled >= 24  # every due run of version 1, pooled
+
+
+MIXED_WATCHLIST = [
+    {"symbol": "GOOG", "exchange": "XNYS", "interval": "1d", "file": "GOOG_1d.csv"},  # ends 2013: stale
+    {"symbol": "GOOG-YF", "exchange": "XNYS", "interval": "1d", "source": "yfinance", "ticker": "GOOG"},
+    {"symbol": "BTC-USDT", "exchange": "24/7", "interval": "1h", "source": "ccxt:binance", "ticker": "BTC/USDT"},
+    {"symbol": "600000", "exchange": "XSHG", "interval": "5min", "source": "akshare"},
+]
+
+
+def test_a_mixed_watchlist_fetches_from_each_vendor_and_the_next_run_only_new_bars(airflow_setup, tmp_path):
+    """files + yfinance + ccxt:binance + akshare on recorded replies (tests/replay.py in the DAG's process)."""
+    from kronos_tasks.storage import get_run, read_bars
+    from kronos_tasks.storage.models import SymbolFailure
+
+    settings, env, _ = airflow_setup
+    tests = Path(__file__).resolve().parent
+    log = tmp_path / "requests.jsonl"
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(tests / "replay_site"), str(tests), env.get("PYTHONPATH", "")]),
+        "KRONOS_REPLAY_CACHE": str(tmp_path / "yfinance-cache"),
+        "KRONOS_REPLAY_LOG": str(log),
+    }
+    conf = {"watchlist": MIXED_WATCHLIST, "max_failed_share": 0.3, "pred_len": 8}
+    engine = engine_of(settings)
+
+    def bars(symbol, interval):
+        return read_bars(engine, symbol, interval, limit=10**6)
+
+    assert run_dag(env, "kronos_daily_forecast", "2024-08-28T04:00:00+00:00", conf) == 0
+    run = get_run(engine, "kronos_daily_forecast@2024-08-28T04:00:00+00:00")
+    assert (run.status, run.symbols_ok, run.symbols_failed) == ("partial", 3, 1)
+    with engine.connect() as connection:
+        failures = connection.execute(select(SymbolFailure).where(SymbolFailure.run_id == run.run_id)).mappings().all()
+    assert [(f["symbol"], f["stage"]) for f in failures] == [("GOOG", "stale")]
+    # Only closed bars: the US session of 08-27, Binance's candle opened at 03:00, Shanghai's 11:30 bar.
+    first = {"GOOG-YF": bars("GOOG-YF", "1d"), "BTC-USDT": bars("BTC-USDT", "1h"), "600000": bars("600000", "5min")}
+    assert first["GOOG-YF"]["ts"].iloc[-1] == pd.Timestamp("2024-08-27 04:00", tz="UTC")
+    assert first["BTC-USDT"]["ts"].iloc[-1] == pd.Timestamp("2024-08-28 03:00", tz="UTC")
+    assert first["600000"]["ts"].iloc[-1] == pd.Timestamp("2024-08-28 03:30", tz="UTC")
+    requested = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["vendor"] for r in requested} == {"yfinance", "ccxt:binance", "akshare"}
+
+    log.unlink()
+    assert run_dag(env, "kronos_daily_forecast", "2024-08-29T04:00:00+00:00", conf) == 0
+    second = get_run(engine, "kronos_daily_forecast@2024-08-29T04:00:00+00:00")
+    assert (second.status, second.symbols_ok) == ("partial", 3)
+    requested = [json.loads(line) for line in log.read_text().splitlines()]
+    # Each vendor was asked from OVERLAP_BARS before the last stored bar, not for the whole history again.
+    yahoo = [r for r in requested if r["vendor"] == "yfinance" and "period1" in r["params"]]
+    assert pd.Timestamp(int(yahoo[0]["params"]["period1"]), unit="s", tz="UTC") == first["GOOG-YF"]["ts"].iloc[-10]
+    klines = [r for r in requested if r["url"].endswith("/klines")]
+    assert int(klines[0]["params"]["startTime"]) == first["BTC-USDT"]["ts"].iloc[-10].value // 10**6
+    after = {"GOOG-YF": bars("GOOG-YF", "1d"), "BTC-USDT": bars("BTC-USDT", "1h"), "600000": bars("600000", "5min")}
+    assert len(after["GOOG-YF"]) == len(first["GOOG-YF"]) + 1
+    assert len(after["BTC-USDT"]) == len(first["BTC-USDT"]) + 24
+    assert len(after["600000"]) == len(first["600000"]) + 48
+    assert all(frame["ts"].is_unique for frame in after.values())

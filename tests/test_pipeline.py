@@ -3,6 +3,8 @@ of a failed batch, and the typed payloads' round trip through Airflow's own seri
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,6 +172,27 @@ def test_an_unexpected_error_is_not_turned_into_symbol_failures(tiny_pair32, win
     monkeypatch.setattr(predictor, "forecast", broken)
     with pytest.raises(RuntimeError, match="a bug in the decoder"):
         predict_windows(predictor, made, params, run_seed=7)
+
+
+def test_a_non_finite_forecast_fails_only_its_symbol(tiny_pair32, windows, monkeypatch):
+    params, made = windows
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=512)
+    good = [made[0], made[2]]
+    real = predictor.forecast
+
+    def overflowing(*args, **kwargs):  # as a decode that overflowed for GOOD2 would return
+        out = real(*args, **kwargs)
+        labels = inspect.signature(real).bind(*args, **kwargs).arguments["labels"]
+        for label, forecast in zip(labels, out):
+            if label == "GOOD2":
+                forecast.samples[:, 1, 4] = np.inf
+        return out
+
+    monkeypatch.setattr(predictor, "forecast", overflowing)
+    predicted, failed = predict_windows(predictor, good, params, run_seed=7)
+    assert sorted(predicted) == ["GOOD1"] and list(failed) == ["GOOD2"]
+    assert "['volume'] is not finite" in failed["GOOD2"]
 
 
 # --- payloads through Airflow's serialiser -----------------------------------------------------------------
