@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from kronos_tasks.errors import KronosFlowError
 
@@ -153,15 +153,29 @@ def _share(name: str, value: str) -> float:
 _SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token|key)=)[^&]*", re.IGNORECASE)
 
 
+# scheme://userinfo@rest, userinfo running to the last "@": passwords often hold unescaped "@", "/" or "#".
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>.*)@(?P<rest>[^@]*)$", re.DOTALL)
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """(``url`` without its user:password@ part, user, password); user and password are None when absent.
+
+    Everything up to the last ``@`` after the scheme is the user information, so a password with an
+    unescaped ``@``, ``/``, ``?`` or ``#`` is never mistaken for the host (and never sent to DNS).
+    """
+    match = _USERINFO.match(url)
+    if match is None:
+        return url, None, None
+    user, colon, password = match["userinfo"].partition(":")
+    return match["scheme"] + match["rest"], unquote(user), (unquote(password) if colon else None)
+
+
 def redact(text: str) -> str:
     """``text`` with the password of a URL (user:password@host) and secret query values replaced by ***."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        text = urlunsplit(parts._replace(netloc=netloc))
+    match = _USERINFO.match(text)
+    if match is not None:
+        user, colon, _ = match["userinfo"].partition(":")
+        text = f"{match['scheme']}{user}{':***' if colon else ''}@{match['rest']}"
     return _SECRET_QUERY.sub(r"\1***", text)
 
 

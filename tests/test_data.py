@@ -144,9 +144,11 @@ def test_policies_choose_between_dropping_bars_symbols_and_warning(tmp_path):
         series.symbol,
         series.bars,
         series.interval,
-        policies={"decreasing_timestamp": "warn", "duplicate_timestamp": "warn", "negative_volume": "warn"},
+        policies={"decreasing_timestamp": "warn", "negative_volume": "warn"},
     )
-    assert sorted(kept["row"]) == [1, 5, 6, 7]
+    assert sorted(kept["row"]) == [1, 5, 6]  # row 7 duplicates row 6's time: one bar per time is stored
+    with pytest.raises(ValueError, match="policy warn is not allowed for duplicate_timestamp"):
+        check_policies({"duplicate_timestamp": "warn"})
     _, report = validate(series.symbol, series.bars, series.interval, policies={"non_finite": "reject_symbol"})
     assert "missing, not a number" in report.rejected_symbols["BAD"]
     with pytest.raises(ValueError, match="unknown validation rule 'nope'"):

@@ -66,6 +66,7 @@ def test_the_stored_exchange_applies_to_naive_files_and_a_conflicting_one_is_ref
     goog(50).to_csv(path)
     assert ingest_paths(engine, [path], exchange="XNYS").written["GOOG"] == 50
     first = bars_of(engine, "GOOG", "1d")
+    assert first["ts"].iloc[0] == pd.Timestamp("2004-08-19 04:00", tz="UTC")  # midnight in New York
     # Without --exchange the naive dates are read in the stored exchange's zone: no second set of bars.
     assert ingest_paths(engine, [path]).written["GOOG"] == 50
     assert list(bars_of(engine, "GOOG", "1d")["ts"]) == list(first["ts"])

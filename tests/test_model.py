@@ -250,3 +250,18 @@ def test_joined_weights_follow_parameter_changes():
     with torch.inference_mode():  # parameters made here track no version; they still work
         made_in_inference = Linear(8, 4)
         assert made_in_inference(x).shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # 2**17 x 2**19 floats in one feed-forward matrix: 256 GiB if it were allocated.
+        ({"d_model": 2**17, "n_heads": 2**10, "ff_dim": 2**19}, r"has shape .*, the config implies"),
+        ({"n_layers": 10**7}, r"asks for 10000000 layers, but .* holds only \d+ tensors"),
+    ],
+)
+def test_an_absurd_config_is_refused_from_the_file_header_before_allocating(saved_model, change, message):
+    config = json.loads((saved_model / "config.json").read_text())
+    (saved_model / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        Kronos.from_pretrained(saved_model)

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = subcommands.add_parser("db", help="forecasts database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])
     db.add_argument("revision", nargs="?")
+    db.add_argument("--yes", action="store_true", help="downgrade: do it (without --yes it only says what it would drop)")
     db.set_defaults(func=commands.cmd_db)
 
     ingest = subcommands.add_parser("ingest", help="ingest CSV/Parquet files or folders of bars")
@@ -137,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line (database drivers' errors span several)."""
+    return " ".join(message.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
@@ -148,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KronosFlowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or folder that cannot be read or written: its path is in the message
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -34,14 +34,23 @@ def cmd_init(args) -> int:
 
 def cmd_db(args) -> int:
     from kronos_tasks.storage import current_revision, downgrade, make_engine, upgrade
+    from kronos_tasks.storage.db import downgrade_plan
 
-    engine = make_engine(load().db_url)
+    settings = load()
+    engine = make_engine(settings.db_url)
     if args.action == "upgrade":
         upgrade(engine, args.revision or "head")
     elif args.action == "downgrade":
         if not args.revision:
-            print("error: downgrade needs a revision (for example base)", file=sys.stderr)
-            return 2
+            raise ParamsError("downgrade needs a revision (for example base, which drops every table).")
+        plan = downgrade_plan(engine, args.revision)
+        if not plan:
+            print(f"nothing to downgrade: the database is at revision {current_revision(engine)}.")
+            return 0
+        print(f"downgrading {redact(settings.db_url)} to {args.revision} would:")
+        print("\n".join(f"  {line}" for line in plan))
+        if not args.yes:
+            raise ParamsError("nothing was changed; re-run with --yes to do it (stored bars and runs are lost).")
         downgrade(engine, args.revision)
     print(f"revision: {current_revision(engine)}")
     return 0
@@ -224,6 +233,8 @@ def cmd_rollback(args) -> int:
 def cmd_runs(args) -> int:
     from kronos_tasks.storage import list_runs, run_failures
 
+    if args.limit < 1:
+        raise ParamsError(f"--limit must be at least 1, got {args.limit}.")
     engine = _engine()
     runs = list_runs(engine, limit=args.limit)
     failures = run_failures(engine, [r.run_id for r in runs])
@@ -275,6 +286,8 @@ def cmd_forecast(args) -> int:
 
     if args.checkpoints and args.model:
         raise ParamsError("give --model (a registered version) or --checkpoints (local folders), not both.")
+    if Path(args.out).resolve() == Path(args.csv).resolve():
+        raise ParamsError(f"--out {args.out} is the input file; write the forecast to another file.")
     checkpoints = None
     if args.checkpoints:
         checkpoints = Checkpoints(Path(args.checkpoints[0]), Path(args.checkpoints[1]), args.max_context)
@@ -297,8 +310,14 @@ def cmd_forecast(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from datetime import date
+
     from kronos_tasks.pipeline.demo import run_demo
 
+    try:
+        date.fromisoformat(args.date)
+    except ValueError:
+        raise ParamsError(f"--date must be a date such as 2024-08-28, got {args.date!r}.") from None
     return run_demo(args.date)
 
 

@@ -99,6 +99,18 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be read as a table: {exc}") from exc
 
 
+_COLUMN_NAME = re.compile(r"[A-Za-z_][\w .()-]{0,31}")
+
+
+def _columns_found(frame: pd.DataFrame) -> str:
+    """The header's column names for an error message, leaving out any that do not look like a column name
+    (so that a file that is not a table of bars, say a credentials file, is never quoted)."""
+    names = [str(c) for c in frame.columns]
+    shown = [n for n in names if _COLUMN_NAME.fullmatch(n) and not n.startswith("Unnamed")]
+    hidden = len(names) - len(shown)
+    return f"Columns found: {shown}" + (f" and {hidden} other(s) not shown" if hidden else "")
+
+
 def _time_column(frame: pd.DataFrame, path: Path) -> pd.Series:
     keys = {_key(c): c for c in frame.columns}
     if "date" in keys and "time" in keys:
@@ -111,11 +123,12 @@ def _time_column(frame: pd.DataFrame, path: Path) -> pd.Series:
         return frame[first]
     raise DataError(
         f"{path}: no time column; name one of {TIME_NAMES} (any capitalisation) or put the times in the first, "
-        f"unnamed column. Columns found: {list(frame.columns)}."
+        f"unnamed column. {_columns_found(frame)}."
     )
 
 
-_OFFSET = r"(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$"
+# An offset after a time of day (a date alone, "2024-08-19", must not read as offset -19).
+_OFFSET = r"\d:\d{2}(?::\d{2}(?:\.\d*)?)?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def _to_utc(values: pd.Series, timezone: str, path: Path) -> tuple[pd.Series, bool]:
@@ -164,7 +177,7 @@ def read_series(
         out[feature] = np.nan if column is None else pd.to_numeric(frame[column], errors="coerce")
         if column is None and feature in PRICES:
             raise DataError(
-                f"{path}: no {feature!r} column (accepted names: {ALIASES[feature]}). Columns found: {list(frame.columns)}."
+                f"{path}: no {feature!r} column (accepted names: {ALIASES[feature]}). {_columns_found(frame)}."
             )
     if not any(a in keys for a in ALIASES["volume"]):
         out["volume"], out["amount"] = 0.0, 0.0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -87,42 +87,68 @@ def weights_path(folder: str | Path) -> Path:
     raise CheckpointError(f"{path} is missing.{hint}")
 
 
+LAYER_COUNTS = ("n_layers", "n_enc_layers", "n_dec_layers")  # config keys that each add tensors
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header (nothing else is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}.") from exc
+
+
 def load_pretrained(cls: type[ModuleT], folder: str | Path, device: str | torch.device = "cpu") -> ModuleT:
     """Build ``cls`` from ``folder``'s config and load its weights strictly, in eval mode, without gradients."""
     values = read_config(folder)
     config_path = Path(folder) / CONFIG_FILE
+    path = weights_path(folder)
+    shapes = _stored_shapes(path)
+    layers = sum(v for k, v in values.items() if k in LAYER_COUNTS and isinstance(v, int) and v > 0)
+    if layers > len(shapes):
+        raise CheckpointError(
+            f"{config_path} asks for {layers} layers, but {path} holds only {len(shapes)} tensors: "
+            "config.json does not belong to these weights."
+        )
+    # The config is checked against the file's header on the meta device first: an absurd config.json
+    # (or one that belongs to other weights) is refused before anything is allocated.
     try:
-        module = cls(**values)
+        with torch.device("meta"):
+            skeleton = cls(**values)
     except ConfigError as exc:
         raise CheckpointError(f"{config_path}: {exc}") from exc
-    path = weights_path(folder)
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}.") from exc
-
-    expected = module.state_dict()
-    derived = derived_tensors(module.config)
-    missing = sorted(k for k in expected if k not in tensors)
-    unexpected = sorted(k for k in tensors if k not in expected and k not in derived)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    derived = {k: tuple(v.shape) for k, v in derived_tensors(skeleton.config).items()}
+    del skeleton
+    missing = sorted(k for k in expected if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in expected and k not in derived)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not match {config_path}: missing tensors {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected tensors {unexpected[:8]}"
             f"{' ...' if len(unexpected) > 8 else ''}. Check that config.json belongs to these weights."
         )
+    for key, shape in shapes.items():
+        want = expected.get(key, derived.get(key))
+        if shape != want:
+            raise CheckpointError(f"{path}: tensor {key!r} has shape {shape}, the config implies {want}.")
+
+    module = cls(**values)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}.") from exc
+    expected_values, derived_values = module.state_dict(), derived_tensors(module.config)
     for key, tensor in tensors.items():
-        want = expected[key] if key in expected else derived[key]
-        if tuple(tensor.shape) != tuple(want.shape):
-            raise CheckpointError(
-                f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the config implies {tuple(want.shape)}."
-            )
-        if key in derived and not torch.allclose(tensor.to(want.dtype), want, rtol=1e-6, atol=0):
+        if key in derived_values and not torch.allclose(
+            tensor.to(derived_values[key].dtype), derived_values[key], rtol=1e-6, atol=0
+        ):
             raise CheckpointError(
                 f"{path}: tensor {key!r} differs from the value the architecture defines; "
                 "the file was not written by Kronos or is damaged."
             )
-    module.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=True)
+    module.load_state_dict({k: v for k, v in tensors.items() if k in expected_values}, strict=True)
     module.requires_grad_(False)
     return module.to(device).eval()
 

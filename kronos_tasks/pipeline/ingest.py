@@ -44,14 +44,28 @@ class IngestResult:
 
 def source_file(item: WatchItem, data_dir: Path) -> Path:
     """The file of a ``files`` watchlist entry: its ``file`` (relative to ``data_dir``), else
-    ``<symbol>_<interval>.csv`` / ``.parquet`` / ``.csv.gz`` or ``<symbol>.csv`` ... in ``data_dir``."""
+    ``<symbol>_<interval>.csv`` / ``.parquet`` / ``.csv.gz`` or ``<symbol>.csv`` ... in ``data_dir``.
+
+    The file must lie inside ``data_dir`` once ``..`` and symbolic links are resolved: a watchlist (a DAG
+    run's conf, an Airflow Variable) cannot make a worker read other files.
+    """
+    root = data_dir.resolve()
+
+    def inside(name: str) -> Path:
+        path = (data_dir / name).resolve()  # an absolute name replaces data_dir here
+        if not path.is_relative_to(root):
+            raise DataError(
+                f"{item.symbol}: file {name!r} is outside the data folder {data_dir}; watchlist files must "
+                "lie inside KRONOS_DATA_DIR (give a path relative to it)."
+            )
+        return path
+
     if item.file:
-        path = Path(item.file)
-        return path if path.is_absolute() else data_dir / path
+        return inside(item.file)
     for suffix in (".csv", ".parquet", ".csv.gz"):
         for name in (f"{item.symbol}_{item.interval}{suffix}", f"{item.symbol}{suffix}"):
-            if (data_dir / name).is_file():
-                return data_dir / name
+            if inside(name).is_file():
+                return inside(name)
     raise DataError(
         f"{item.symbol}: no file {item.symbol}_{item.interval}.csv (or .parquet) in {data_dir}; "
         "add one or set `file` in the watchlist."

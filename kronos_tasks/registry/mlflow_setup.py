@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import urllib.error
 import urllib.request
 
@@ -9,7 +10,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from kronos_tasks.errors import KronosFlowError
-from kronos_tasks.settings import Settings, redact
+from kronos_tasks.settings import Settings, redact, split_userinfo
 
 
 class RegistryError(KronosFlowError, RuntimeError):
@@ -20,8 +21,13 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """For an http(s) tracking URI, fail fast with a clear message when no MLflow server answers."""
     if not uri.startswith(("http://", "https://")):
         return
+    bare, user, password = split_userinfo(uri)  # credentials go in a header, never into the host name
+    request = urllib.request.Request(f"{bare.rstrip('/')}/health")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             if response.status == 200:
                 return
             problem = f"HTTP {response.status}"

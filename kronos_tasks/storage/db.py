@@ -11,10 +11,10 @@ import pandas as pd
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import JSON, Engine, Table, TypeDecorator, create_engine, event, inspect
+from sqlalchemy import JSON, Engine, Table, TypeDecorator, create_engine, event, func, inspect, select, table
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from kronos_tasks.errors import KronosFlowError
 from kronos_tasks.settings import redact
@@ -48,7 +48,13 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise DatabaseError(
+            f"KRONOS_DB_URL {redact(url)!r} cannot be used: {exc}. Use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST:PORT/DB."
+        ) from None
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -69,7 +75,33 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         ) from None
 
 
+def downgrade_plan(engine: Engine, revision: str) -> list[str]:
+    """What ``downgrade(engine, revision)`` would undo: one line per migration reverted, and for a
+    downgrade to ``base`` every table it drops with its row count. Nothing is changed."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    try:
+        if revision != "base":
+            script.get_revision(revision)
+        current = current_revision(engine)
+        if current is None:
+            return []
+        reverted = list(script.iterate_revisions(current, revision))
+    except Exception as exc:  # alembic's errors for unknown or later revisions
+        raise DatabaseError(f"cannot downgrade to {revision!r}: {exc}") from None
+    lines = [f"revert {r.revision}: {' '.join((r.doc or '').split())}" for r in reverted]
+    if revision == "base":
+        present = sorted(table_names(engine) - {VERSION_TABLE})
+        with engine.connect() as connection:
+            for name in present:
+                rows = connection.execute(select(func.count()).select_from(table(name))).scalar_one()
+                lines.append(f"drop table {name} ({rows} rows)")
+    return lines
+
+
 def downgrade(engine: Engine, revision: str) -> None:
+    """Revert the migrations after ``revision`` (``base``: drop every table). See ``downgrade_plan``."""
     with engine.begin() as connection:
         command.downgrade(_alembic_config(connection), revision)
 
