@@ -32,7 +32,7 @@ VARIABLES: tuple[Setting, ...] = (
     Setting("MLFLOW_TRACKING_URI", "MLflow tracking URI (default: SQLite store under KRONOS_HOME)"),
     Setting("MLFLOW_REGISTRY_URI", "MLflow model registry URI (default: the tracking URI)"),
     Setting(
-        "KRONOS_MLFLOW_ARTIFACT_ROOT", "artifact location of new MLflow experiments (default: KRONOS_HOME/mlartifacts)"
+        "KRONOS_MLFLOW_ARTIFACT_ROOT", "artifact location of new MLflow experiments (default: the MLflow server's artifact store; KRONOS_HOME/mlartifacts for a local store)"
     ),
     Setting("KRONOS_MLFLOW_EXPERIMENT", "MLflow experiment of the daily forecast runs", "kronos-daily-forecast"),
     Setting("KRONOS_MODEL_NAME", "registered model name of the predictor", "kronos-model"),
@@ -61,7 +61,7 @@ class Settings:
     db_url: str
     mlflow_tracking_uri: str
     mlflow_registry_uri: str
-    mlflow_artifact_root: str
+    mlflow_artifact_root: str | None  # None: the MLflow server chooses
     mlflow_experiment: str
     model_name: str
     tokenizer_name: str
@@ -100,7 +100,10 @@ class Settings:
             db_url=get("KRONOS_DB_URL") or f"sqlite:///{home / 'kronos.db'}",
             mlflow_tracking_uri=tracking,
             mlflow_registry_uri=get("MLFLOW_REGISTRY_URI") or tracking,
-            mlflow_artifact_root=get("KRONOS_MLFLOW_ARTIFACT_ROOT") or (home / "mlartifacts").as_uri(),
+            # Against an MLflow server, unset means the server's own artifact store (its proxy): a local
+            # file:// root would only exist on the machine that created the experiment.
+            mlflow_artifact_root=get("KRONOS_MLFLOW_ARTIFACT_ROOT")
+            or (None if tracking.startswith(("http://", "https://")) else (home / "mlartifacts").as_uri()),
             mlflow_experiment=get("KRONOS_MLFLOW_EXPERIMENT"),
             model_name=get("KRONOS_MODEL_NAME"),
             tokenizer_name=get("KRONOS_TOKENIZER_NAME"),

@@ -89,8 +89,10 @@ def test_airflow_runs_celery_on_redis_with_postgres_metadata_and_routes_gpu_work
 
 
 def test_kronos_variables_in_compose_are_the_ones_the_settings_module_reads():
-    known = {v.env for v in VARIABLES}
+    known = {v.env for v in VARIABLES} | {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # MLflow's client
     for name, service in SERVICES.items():
+        if name in ("postgres", "mlflow"):  # not kronos-flow processes: their variables are the servers' own
+            continue
         for key in environment(service):
             if key.startswith("KRONOS_") or key.startswith("MLFLOW_"):
                 assert key in known, f"{name}: {key} is not read by kronos_tasks.settings"
@@ -164,3 +166,51 @@ def test_kubernetes_executor_accepts_the_gpu_pod_template_and_the_tasks_executor
     config = gpu_task_arguments(Settings.from_env({"KRONOS_GPU_POD_TEMPLATE": str(path)}))["executor_config"]
     PodGenerator.from_obj(config)  # what the executor does with a task's executor_config; raises if invalid
     assert config["pod_template_file"] == str(path)
+
+
+def test_mlflow_requires_a_user_and_is_published_on_loopback_by_default():
+    mlflow = SERVICES["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    env = environment(mlflow)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/opt/kronos-flow/docker/mlflow-auth.ini"
+    assert REQUIRED.match(env["MLFLOW_AUTH_ADMIN_PASSWORD"]) and REQUIRED.match(env["MLFLOW_FLASK_SERVER_SECRET_KEY"])
+    assert all(port.startswith("${KRONOS_PUBLISH_ADDRESS:-127.0.0.1}:") for port in mlflow["ports"])
+    assert all(p.startswith("${KRONOS_PUBLISH_ADDRESS:-127.0.0.1}:") for p in SERVICES["airflow-apiserver"]["ports"])
+    hosts = next(a for a in mlflow["command"] if a.startswith("--allowed-hosts="))
+    assert "${MLFLOW_PUBLIC_HOST:-localhost}" in hosts
+    for name in ("airflow-worker", "airflow-worker-gpu", "airflow-scheduler"):
+        worker = environment(SERVICES[name]) if name in SERVICES else {}
+        if worker:
+            assert REQUIRED.match(worker["MLFLOW_TRACKING_PASSWORD"]), name
+    ini = (DOCKER / "mlflow-auth.ini").read_text()
+    assert "admin_password" not in ini.replace("MLFLOW_AUTH_ADMIN_PASSWORD", "")
+    assert "/mlflow-auth.ini" in (DOCKER / "Dockerfile").read_text()
+
+
+def test_each_service_connects_as_its_own_database_role_and_only_init_migrates():
+    common = environment(SERVICES["airflow-scheduler"])
+    assert "://airflow:${AIRFLOW_DB_PASSWORD:?" in common["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert "://kronos_worker:${KRONOS_WORKER_DB_PASSWORD:?" in common["KRONOS_DB_URL"]
+    assert "://kronos_owner:${KRONOS_OWNER_DB_PASSWORD:?" in environment(SERVICES["airflow-init"])["KRONOS_DB_URL"]
+    mlflow_store = next(a for a in SERVICES["mlflow"]["command"] if a.startswith("--backend-store-uri="))
+    assert "://mlflow:${MLFLOW_DB_PASSWORD:?" in mlflow_store
+    text = (DOCKER / "compose.yaml").read_text()
+    assert text.count("${POSTGRES_PASSWORD") == 1  # the superuser's password reaches the PostgreSQL container only
+    assert environment(SERVICES["postgres"])["POSTGRES_USER"] == "postgres"
+    for name, service in SERVICES.items():
+        if name.startswith("airflow"):
+            assert "SIMPLE_AUTH_MANAGER" not in " ".join(environment(service)), name
+    assert common["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager")
+    init = " ".join(SERVICES["airflow-init"]["command"])
+    assert "airflow fab-db migrate" in init and "airflow users create" in init and "--role Admin" in init
+
+
+def test_worker_health_checks_work_without_a_hostname_variable_and_artifacts_go_through_the_server():
+    # podman's exec sessions (which run health checks) carry no HOSTNAME; $(hostname) works under both engines.
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        check = " ".join(SERVICES[name]["healthcheck"]["test"])
+        assert "$$(hostname)" in check and "HOSTNAME" not in check, name
+    assert environment(SERVICES["airflow-scheduler"])["KRONOS_MLFLOW_ARTIFACT_ROOT"] == "mlflow-artifacts:/"
+    assert "--serve-artifacts" in SERVICES["mlflow"]["command"]
+    ignored = (DOCKER.parent / ".gitignore").read_text().splitlines()
+    assert "docker/.env" in ignored  # the secrets file made by `cp docker/.env.example docker/.env`

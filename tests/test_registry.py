@@ -146,3 +146,19 @@ def test_registry_through_a_real_mlflow_server(kronos_env, tiny_checkpoints, mlf
     # Downloaded through the server's artifact proxy, checksums verified, loaded.
     assert pinned_predictor(pinned, "cpu", 1).model.config.n_layers == 2
     assert registry.rollback().to_version == "1"
+    # No local file:// root was configured, so the weights went to the server's own artifact store,
+    # where a worker on another machine finds them too.
+    stored = {p.name for p in (tmp_path / "server-artifacts").rglob("model.safetensors")}
+    assert stored == {"model.safetensors"} and not (kronos_env.home / "mlartifacts").exists()
+
+
+def test_alias_moves_record_the_authenticated_mlflow_user(kronos_env, tiny_checkpoints, monkeypatch):
+    registry = Registry(kronos_env)
+    (tok1, model1), (tok2, model2) = tiny_checkpoints
+    registry.register(tok1, model1, alias="champion", trained=False)
+    registry.register(tok2, model2)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    registry.promote("2", reason="better backtest", actor="airflow:manual__1")
+    registry.rollback(reason="misbehaves")
+    moves = registry.history("champion")
+    assert [m.by for m in moves[1:]] == ["airflow:manual__1 as mlflow:alice", "mlflow:alice"]

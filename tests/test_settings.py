@@ -18,6 +18,8 @@ def test_embedded_defaults_live_under_kronos_home(tmp_path):
     assert settings.model_cache == tmp_path / "model-cache"
     assert settings.watchlist.name == "watchlist.yaml" and settings.watchlist.is_file()
     assert (settings.gpu_queue, settings.gpu_pool, settings.device) == ("gpu", "gpu", "auto")
+    served = Settings.from_env({"KRONOS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert served.mlflow_artifact_root is None  # the server's artifact store, not a path on this machine
     home = Settings.from_env({})
     assert home.home == Path("~/.kronos-flow").expanduser()
 

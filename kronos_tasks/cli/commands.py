@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from kronos_tasks.errors import ParamsError
+from kronos_tasks.homelock import home_lock
 from kronos_tasks.settings import load, redact
 
 from . import render
@@ -21,14 +22,14 @@ def cmd_init(args) -> int:
     from kronos_tasks.storage import current_revision, make_engine, upgrade
 
     settings = load()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.db_url)
-    upgrade(engine)
-    client(settings).search_experiments(max_results=1)  # creates and migrates MLflow's own store
+    with home_lock(settings.home, "kronos-flow init"):
+        engine = make_engine(settings.db_url)
+        upgrade(engine)
+        client(settings).search_experiments(max_results=1)  # creates and migrates MLflow's own store
     print(f"home:              {settings.home}")
     print(f"forecasts db:      {redact(settings.db_url)} (revision {current_revision(engine)})")
     print(f"MLflow tracking:   {redact(settings.mlflow_tracking_uri)}")
-    print(f"MLflow artifacts:  {redact(settings.mlflow_artifact_root)}")
+    print(f"MLflow artifacts:  {redact(settings.mlflow_artifact_root or 'the MLflow server artifact store')}")
     return 0
 
 
@@ -259,7 +260,12 @@ def cmd_runs(args) -> int:
             f"{r.tokenizer_name}/{r.tokenizer_version}, alias {r.model_alias}\n"
             f"  lookback {r.lookback}, pred_len {r.pred_len}, T {r.temperature}, top_k {r.top_k}, top_p {r.top_p}, "
             f"samples {r.sample_count}, quantiles {r.quantiles}, seed {r.seed}\n"
-            f"  data window sha256 {r.data_window_hash}, MLflow run {r.mlflow_run_id}"
+            f"  data window sha256 {r.data_window_hash}, "
+            + (
+                f"MLflow run {r.mlflow_run_id}"
+                if r.mlflow_run_id
+                else "MLflow run NOT LOGGED (logging failed or is under way; re-run the DAG run to log it)"
+            )
         )
         for failure in failures[r.run_id]:
             print(f"  failed {failure.symbol} ({failure.stage}): {failure.reason}")
@@ -318,7 +324,8 @@ def cmd_demo(args) -> int:
         date.fromisoformat(args.date)
     except ValueError:
         raise ParamsError(f"--date must be a date such as 2024-08-28, got {args.date!r}.") from None
-    return run_demo(args.date)
+    with home_lock(load().home, "kronos-flow demo"):
+        return run_demo(args.date)
 
 
 def cmd_backtest(args) -> int:

@@ -40,7 +40,7 @@ def reliability_plot(table: list[dict], title: str, path: Path) -> None:
         )
     axis.set_xlabel("forecast P(close up)")
     axis.set_ylabel("observed frequency")
-    axis.set_title(title, fontsize=9)
+    axis.set_title(title, fontsize=9, parse_math=False)  # names are text, never mathtext
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

@@ -60,7 +60,8 @@ def fan_chart(frame: pd.DataFrame, path: Path, symbols: list[str], interval_of: 
                 label=f"{q_columns[0][1:]}-{q_columns[-1][1:]} quantiles",
             )
         axis.plot(close["step"], close["mean"], color="tab:blue", lw=1.5, label="mean")
-        axis.set_title(f"{symbol} close ({interval_of[symbol]} bars)")
+        # parse_math=False: a "$" in a symbol name is text, not the start of a formula.
+        axis.set_title(f"{symbol} close ({interval_of[symbol]} bars)", parse_math=False)
         axis.legend(loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel("bars after the forecast origin")
     figure.tight_layout()

@@ -49,13 +49,15 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
-def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str) -> str:
-    """The id of experiment ``name``, created with its artifacts under ``artifact_root``/``name`` if new."""
+def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The id of experiment ``name``, created with its artifacts under ``artifact_root``/``name`` if new
+    (``artifact_root`` None: where the tracking server puts them)."""
     try:
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return mlflow_client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}")
+        location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
+        return mlflow_client.create_experiment(name, artifact_location=location)
     except MlflowException as exc:
         # Two processes creating the same experiment at once: the loser finds the winner's.
         experiment = mlflow_client.get_experiment_by_name(name)

@@ -55,7 +55,11 @@ class Move:
     reason: str
 
 
-def _actor() -> str:
+def identity() -> str:
+    """Who is acting: the MLflow user the server authenticates (MLFLOW_TRACKING_USERNAME), else the OS user."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return f"mlflow:{user}"
     try:
         return getpass.getuser()
     except Exception:  # no user database entry in some containers
@@ -156,7 +160,7 @@ class Registry:
             f"register {model_dir.name}",
             {
                 "action": "register",
-                "actor": _actor(),
+                "actor": identity(),
                 **model_tags,
                 "max_context": max_context,
                 "trained": str(trained).lower(),
@@ -335,7 +339,7 @@ class Registry:
         self.client.set_registered_model_alias(self.model_name, alias, to_version)
         move = Move(
             at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            by=actor or _actor(),
+            by=f"{actor} as {identity()}" if actor else identity(),
             action=action,
             from_version=previous,
             to_version=str(to_version),
