@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench lint constraints clean
+.PHONY: install test stack-test demo bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 test: install
 	$(BIN)/ruff check kronos_tasks dags tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The compose stack for real (Docker, else podman installed from Debian's packages); also part of `make test`.
+stack-test: install
+	$(BIN)/python -m pytest -m stack $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/kronos-flow demo

@@ -263,7 +263,8 @@ def test_daily_dag_through_celery_workers_survives_a_killed_gpu_worker(stack):
     api = stack.api
     wait_for("the DAG to be parsed", lambda: api.ok("GET", f"/api/v2/dags/{DAG_ID}"), 240, stack, 2)
     api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    conf = {"pred_len": 96, "sample_count": 64, "lookback": 384}
+    # The bundled GOOG bars end in 2013: this 2024 run forecasts them only when told that stale data is fine.
+    conf = {"pred_len": 96, "sample_count": 64, "lookback": 384, "max_staleness": 10**6}
     run = api.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": "2024-08-28T21:30:00Z", "conf": conf})
     run_id = run["dag_run_id"]
     path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"

@@ -152,7 +152,9 @@ def test_mlflow_with_the_compose_auth_flags_refuses_anonymous_writes_and_accepts
         if name in flags:
             argument = f"{name}={flags[name]}"
         elif name == "--allowed-hosts":
-            argument = argument.replace("${MLFLOW_PUBLIC_HOST:-localhost}", public).replace(":5000", f":{port}")
+            argument = argument.replace("${MLFLOW_PUBLIC_HOST:-localhost}", public).replace(
+                "${KRONOS_MLFLOW_PORT:-5000}", str(port)
+            )
         command.append(argument)
     ini = (
         (docker / "mlflow-auth.ini")
@@ -324,10 +326,9 @@ def test_runs_says_when_a_run_was_not_logged_to_mlflow(kronos_env, capsys):
     import argparse
     from datetime import datetime, timezone
 
-    from test_storage import run_row
-
     from kronos_tasks.cli.commands import cmd_runs
     from kronos_tasks.storage import make_engine, persist_run, upgrade
+    from test_storage import run_row
 
     engine = make_engine(kronos_env.db_url)
     upgrade(engine)
