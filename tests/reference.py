@@ -156,3 +156,62 @@ def forecast_paths(
         decoded = tokenizer_decode(tsd, tcfg, torch.stack(s1_seq[start:]), torch.stack(s2_seq[start:]))
         paths.append(decoded[-pred_len:])
     return torch.stack(paths).numpy()
+
+
+# --- training objectives, from the published math (upstream's KronosTokenizer.forward + its loss, and
+# Kronos.forward with teacher forcing + DualHead.compute_loss), one sequence at a time ---
+
+
+def _binary_entropy(p):
+    return -(p * torch.log(p + 1e-8) + (1 - p) * torch.log(1 - p + 1e-8))
+
+
+def tokenizer_training_loss(sd, cfg, bars):
+    """bars [B, L, 6] -> (loss, recon, bsq): (MSE(s1-only) + MSE(full) + BSQ) / 2, means over all of B x L."""
+    n_bits = cfg["s1_bits"] + cfg["s2_bits"]
+    codes, recon_s1, recon_full = [], [], []
+    for x in bars:
+        z = linear(x, sd, "embed")
+        for i in range(cfg["n_enc_layers"] - 1):
+            z = block(z, sd, f"encoder.{i}", cfg["n_heads"])
+        z = linear(z, sd, "quant_embed")
+        z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # onto the unit sphere
+        code = torch.where(z > 0, 1.0, -1.0).to(z.dtype) / math.sqrt(n_bits)
+        outs = []
+        for part, name in ((code[:, : cfg["s1_bits"]], "post_quant_embed_pre"), (code, "post_quant_embed")):
+            h = linear(part, sd, name)
+            for i in range(cfg["n_dec_layers"] - 1):
+                h = block(h, sd, f"decoder.{i}", cfg["n_heads"])
+            outs.append(linear(h, sd, "head"))
+        codes.append((z, code))
+        recon_s1.append(outs[0])
+        recon_full.append(outs[1])
+    z = torch.stack([c[0] for c in codes])  # [B, L, C]
+    code = torch.stack([c[1] for c in codes])
+    mse_s1 = ((torch.stack(recon_s1) - bars) ** 2).mean()
+    mse_full = ((torch.stack(recon_full) - bars) ** 2).mean()
+    # Probability that a bit is -1 given the distance of z to the two code values; entropies in nats.
+    p = torch.sigmoid(-4 * z / math.sqrt(n_bits))
+    per_sample = _binary_entropy(p).sum(-1).mean()
+    codebook = _binary_entropy(p.reshape(-1, n_bits).mean(0)).sum()
+    commit = cfg["beta"] * ((code - z) ** 2).sum(-1).mean()
+    bsq = commit + cfg["zeta"] * (cfg["gamma0"] * per_sample - cfg["gamma"] * codebook)
+    return (mse_s1 + mse_full + bsq) / 2, mse_s1 + mse_full, bsq
+
+
+def predictor_training_loss(sd, cfg, s1, s2, stamps, s1_condition):
+    """Tokens [B, L], stamps [B, L, 5], s1_condition [B, L-1] -> (loss, ce_s1, ce_s2) of predicting
+    tokens [:, 1:] from tokens [:, :-1]; position t's s2 is conditioned on s1_condition[t] and sees the
+    contexts up to t (causal cross-attention, upstream's training mode)."""
+    logp1, logp2 = [], []
+    for b in range(s1.shape[0]):
+        ctx = model_contexts(sd, cfg, s1[b, :-1], s2[b, :-1], stamps[b, :-1])  # [T, D]
+        logits1 = linear(ctx, sd, "head.proj_s1")
+        pos = torch.arange(ctx.shape[0])
+        query = sd["embedding.emb_s1.weight"][s1_condition[b]]
+        attended = attention(query, ctx, sd, "dep_layer.cross_attn", 4, True, pos, pos)
+        logits2 = linear(rms_norm(ctx + attended, sd["dep_layer.norm.weight"]), sd, "head.proj_s2")
+        logp1.append(torch.log_softmax(logits1, -1).gather(-1, s1[b, 1:, None])[:, 0])
+        logp2.append(torch.log_softmax(logits2, -1).gather(-1, s2[b, 1:, None])[:, 0])
+    ce_s1, ce_s2 = -torch.cat(logp1).mean(), -torch.cat(logp2).mean()
+    return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2

@@ -322,3 +322,54 @@ def test_a_mixed_watchlist_fetches_from_each_vendor_and_the_next_run_only_new_ba
     assert len(after["BTC-USDT"]) == len(first["BTC-USDT"]) + 24
     assert len(after["600000"]) == len(first["600000"]) + 48
     assert all(frame["ts"].is_unique for frame in after.values())
+
+
+def test_finetune_dag_registers_a_version_with_curves_and_hands_it_to_the_rollout_gate(airflow_setup):
+    from kronos_tasks.pipeline.ingest import ingest_paths
+    from kronos_tasks.storage.models import ModelDecision
+
+    settings, env, registry = airflow_setup
+    engine = engine_of(settings)
+    ingest_paths(engine, [SAMPLE_DATA / "a_share_5min.csv"], exchange="XSHG")
+    conf = {
+        "symbols": ["a_share:5min"],
+        "base": None,
+        "preset": "tiny",
+        "epochs": 1,
+        "minutes": None,
+        "lookback": 48,
+        "pred_len": 4,
+        "eval_every": 20,
+        "backtest_origins": 5,
+        "alias": "challenger",
+    }
+    assert run_dag(env, "kronos_finetune", "2024-08-30T00:00:00+00:00", conf) == 0
+    pinned = registry.resolve("challenger")
+    version = registry.client.get_model_version("kronos-model", pinned.model_version)
+    training_run = version.tags["kronos.lineage.training_run"]
+    assert version.tags["kronos.lineage.base"] == "random:tiny seed 0"
+    assert len(registry.client.get_metric_history(training_run, "predictor_val_loss")) >= 2
+    triggered = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "dags", "list-runs", "kronos_model_rollout", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert "kronos_model_rollout" in triggered.stdout and "manual__" in triggered.stdout, (
+        triggered.stdout + triggered.stderr
+    )
+    # The triggered rollout run, as the scheduler would execute it: the gate decides and records it.
+    gate = {
+        "candidate": pinned.model_version,
+        "origins": 5,
+        "forecast": {"pred_len": 4, "sample_count": 4},
+        "watchlist": [{"symbol": "a_share", "exchange": "XSHG", "interval": "5min"}],
+    }
+    run_dag(env, "kronos_model_rollout", "2024-08-30T01:00:00+00:00", gate)
+    with engine.connect() as connection:
+        decisions = (
+            connection.execute(select(ModelDecision).where(ModelDecision.candidate_version == pinned.model_version))
+            .mappings()
+            .all()
+        )
+    assert decisions and decisions[-1]["action"] in ("promote", "refuse")

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = subcommands.add_parser("db", help="forecasts database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])
     db.add_argument("revision", nargs="?")
-    db.add_argument("--yes", action="store_true", help="downgrade: do it (without --yes it only says what it would drop)")
+    db.add_argument(
+        "--yes", action="store_true", help="downgrade: do it (without --yes it only says what it would drop)"
+    )
     db.set_defaults(func=commands.cmd_db)
 
     ingest = subcommands.add_parser("ingest", help="ingest CSV/Parquet files or folders of bars")
@@ -74,6 +76,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy", action="append", metavar="RULE=ACTION", help="validation policy, as for ingest (repeatable)"
     )
     fetch.set_defaults(func=commands.cmd_fetch)
+
+    tune = subcommands.add_parser(
+        "finetune", help="fine-tune a pair on stored bars (MLflow curves, backtest on the held-back tail, register)"
+    )
+    tune.add_argument("--symbols", nargs="+", help="symbol[:interval] (default: the watchlist)")
+    start = tune.add_mutually_exclusive_group(required=True)
+    start.add_argument("--base", help="registered model alias or version to start from (e.g. champion)")
+    start.add_argument("--checkpoints", nargs=2, metavar=("TOKENIZER", "MODEL"), help="local folders to start from")
+    start.add_argument(
+        "--preset",
+        choices=["tiny", "Kronos-mini", "Kronos-small", "Kronos-base"],
+        help="start from random weights of this size",
+    )
+    tune.add_argument("--preset-seed", type=int, default=0, help="with --preset: seed of the random weights")
+    tune.add_argument("--max-context", type=int, default=512, help="with --checkpoints or --preset")
+    tune.add_argument(
+        "--train-tokenizer", action="store_true", help="train the tokenizer first (else it is frozen; always with --preset)"
+    )
+    tune.add_argument("--minutes", type=float, help="wall-clock budget of the whole run")
+    tune.add_argument("--epochs", type=int, default=30, help="the most passes over the training windows")
+    tune.add_argument("--lookback", type=int, default=256)
+    tune.add_argument("--pred-len", type=int, default=24)
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--lr", type=float, help="peak learning rate of the predictor (default: 4e-5, or 1e-3 from --preset)")
+    tune.add_argument("--tokenizer-lr", type=float, help="peak learning rate of the tokenizer (default: 2e-4, or 1e-3 from --preset)")
+    tune.add_argument("--accumulation", type=int, default=1, help="batches per optimizer step")
+    tune.add_argument("--eval-every", type=int, default=50, help="optimizer steps between validations")
+    tune.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
+    tune.add_argument("--val-share", type=float, default=0.2, help="share of each symbol's latest bars held back")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument(
+        "--s2-condition",
+        choices=["target", "sampled"],
+        default="target",
+        help="condition the s2 loss on the true next s1 (default) or, as upstream, on a sampled one",
+    )
+    tune.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    tune.add_argument(
+        "--out",
+        help="folder for checkpoints and the pair (default: KRONOS_HOME/finetune/<time>); an existing one resumes",
+    )
+    tune.add_argument("--backtest-origins", type=int, default=20, help="origins per symbol in the tail (0: none)")
+    tune.add_argument("--register", action="store_true", help="register the pair as new versions")
+    tune.add_argument("--alias", help="with --register: point this alias (e.g. challenger) at it")
+    tune.set_defaults(func=commands.cmd_finetune)
 
     pair = subcommands.add_parser("random-pair", help="write an UNTRAINED random tokenizer and model (tests, demos)")
     pair.add_argument("folder")
@@ -147,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own INFO lines otherwise
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

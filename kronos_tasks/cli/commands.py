@@ -155,6 +155,73 @@ def cmd_fetch(args) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_finetune(args) -> int:
+    """Fine-tune from the command line, with a progress line on stderr and the backtests printed."""
+    from kronos_tasks.pipeline.finetune import Base, run_finetune
+    from kronos_tasks.training.trainer import TrainConfig
+
+    if args.alias and not args.register:
+        raise ParamsError("--alias needs --register.")
+    # Random weights learn from scratch: a larger step, and a tokenizer that must be trained too.
+    from_scratch = bool(args.preset)
+    config = TrainConfig(
+        lookback=args.lookback,
+        pred_len=args.pred_len,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        minutes=args.minutes,
+        predictor_lr=args.lr or (1e-3 if from_scratch else 4e-5),
+        tokenizer_lr=args.tokenizer_lr or (1e-3 if from_scratch else 2e-4),
+        accumulation=args.accumulation,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        val_share=args.val_share,
+        seed=args.seed,
+        s2_condition=args.s2_condition,
+        bf16=args.bf16,
+    ).check()
+    base = Base(
+        args.base,
+        tuple(args.checkpoints) if args.checkpoints else None,
+        args.preset,
+        args.preset_seed,
+        args.max_context,
+    )
+    interactive = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        if interactive:
+            print(f"\r{line[:110]:<110}", end="", file=sys.stderr, flush=True)
+
+    outcome = run_finetune(
+        args.symbols,
+        base,
+        config,
+        train_tokenizer=args.train_tokenizer or from_scratch,
+        out=Path(args.out) if args.out else None,
+        register=args.register,
+        alias=args.alias,
+        backtest_origins=args.backtest_origins,
+        progress=progress,
+    )
+    if interactive:
+        print(file=sys.stderr)
+    for stage in outcome.stages:
+        print(
+            f"{stage['name']}: {stage['steps']} steps in {stage['seconds']:.0f} s, best validation loss "
+            f"{stage['best_val']:.4f} (stopped: {stage['stopped']})"
+        )
+    for label, scores in outcome.scores.items():
+        print(render.scores(scores, f"{label} pair on the held-back tail"))
+    print(f"pair: {outcome.tokenizer_dir.parent}  (MLflow run {outcome.mlflow_run_id})")
+    if outcome.model_version:
+        print(
+            f"registered kronos-model version {outcome.model_version} (tokenizer version {outcome.tokenizer_version})"
+            + (f" as @{args.alias}" if args.alias else "")
+        )
+    return 0
+
+
 def cmd_random_pair(args) -> int:
     from kronos_tasks.model.presets import write_random_pair
 

@@ -199,7 +199,8 @@ def read_series(
         own_notes = list(notes)
         bad = unreadable[bars.index].dropna()
         if len(bad):
-            shown = ", ".join(f"row {bars.loc[i, 'row']} ({value!r})" for i, value in bad.iloc[:5].items())
+            # At most 5 values of at most 32 characters: enough to find the row, never a whole line of the file.
+            shown = ", ".join(f"row {bars.loc[i, 'row']} ({str(value)[:32]!r})" for i, value in bad.iloc[:5].items())
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             own_notes.append(f"unreadable or non-existent time(s) in {path.name}: {shown}{more}")
         bars = bars[COLUMNS].reset_index(drop=True)

@@ -27,6 +27,7 @@ from .layers import (
     TransformerBlock,
     apply_rope,
     causal_attend,
+    dropout,
     positions_from_mask,
 )
 
@@ -117,13 +118,18 @@ class DependencyAwareLayer(nn.Module):
         return self.norm(context + self.cross_attn.merge(attended))
 
     def forward(
-        self, context: torch.Tensor, s1_embedding: torch.Tensor, valid: torch.Tensor | None = None
+        self,
+        context: torch.Tensor,
+        s1_embedding: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         """Contexts [B, L, D] and s1 embeddings [B, Lq, D] (Lq is 1 or L) -> s2 head input [B, L, D].
 
         ``valid`` [B, L] marks the real (unpadded) positions. With Lq = L (one s1 per position, as in
         training) queries and keys take the window's rotary positions and, as upstream does in eval mode,
-        attention is not causal. With Lq = 1 (the next token's s1, as in generation) nothing is rotated:
+        attention is not causal; ``causal=True`` lets position t see contexts up to t only, as upstream
+        does in training mode (``training.objectives``). With Lq = 1 (the next token's s1, as in generation) nothing is rotated:
         upstream rotates both sides by the positions of the query's length, which for one query is
         position 0, the identity.
         """
@@ -136,6 +142,10 @@ class DependencyAwareLayer(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         elif s1_embedding.shape[1] != 1:
             raise ValueError(f"s1 ids must have 1 or {length} positions, got {s1_embedding.shape[1]}.")
+        if causal:
+            if valid is not None:
+                raise ValueError("causal s2 conditioning is for unpadded training windows; pass valid=None.")
+            return self.combine(context, F.scaled_dot_product_attention(q, k, v, is_causal=True))
         mask = None if valid is None else valid[:, None, None, :]
         return self.combine(context, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
@@ -163,7 +173,13 @@ class Kronos(nn.Module):
         self.s1_bits, self.s2_bits = c.s1_bits, c.s2_bits
         self.embedding = HierarchicalEmbedding(c.s1_bits, c.s2_bits, c.d_model)
         self.time_emb = TemporalEmbedding(c.d_model, c.learn_te)
-        self.transformer = nn.ModuleList([TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_layers)])
+        self.transformer = nn.ModuleList(
+            [
+                TransformerBlock(c.d_model, c.n_heads, c.ff_dim, c.ffn_dropout_p, c.resid_dropout_p)
+                for _ in range(c.n_layers)
+            ]
+        )
+        self.token_drop = dropout(c.token_dropout_p)  # on the input embeddings, in training mode
         self.norm = RMSNorm(c.d_model)
         self.dep_layer = DependencyAwareLayer(c.d_model)
         self.head = DualHead(c.s1_bits, c.s2_bits, c.d_model)

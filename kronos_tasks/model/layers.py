@@ -65,6 +65,13 @@ class JoinedLinear:
         return tuple((t.data_ptr(), t.dtype, 0 if t.is_inference() else t._version) for t in self._sources())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in self._sources()):
+            # Training: the product of the parameters themselves, so that gradients reach them.
+            weights = [lin.weight for lin in self.linears]
+            biases = [lin.bias for lin in self.linears if lin.bias is not None]
+            weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+            bias = (biases[0] if len(biases) == 1 else torch.cat(biases)) if biases else None
+            return F.linear(x, weight, bias)
         key = self._state()
         if key != self._key:
             self._build()
@@ -143,16 +150,19 @@ def positions_from_mask(valid: torch.Tensor | None, batch: int, length: int, dev
     return (valid.long().cumsum(-1) - 1).clamp_(min=0)
 
 
-def causal_attend(valid: torch.Tensor | None) -> Attend:
-    """Causal self-attention over a window, ignoring the keys of padded positions (``valid`` [B, L], True = real)."""
+def causal_attend(valid: torch.Tensor | None, dropout_p: float = 0.0) -> Attend:
+    """Causal self-attention over a window, ignoring the keys of padded positions (``valid`` [B, L], True = real).
+
+    ``dropout_p`` drops attention weights (training only; the caller passes 0 otherwise).
+    """
     if valid is None:
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     length = valid.shape[-1]
     causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
     mask = causal & valid[:, None, None, :]
     # A padded query sees no real key; letting it see itself keeps its (unused) output finite.
     mask |= torch.eye(length, dtype=torch.bool, device=valid.device)
-    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 class Attention(nn.Module):
@@ -187,16 +197,29 @@ class Attention(nn.Module):
         return self.merge(attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attn(norm1 x), then + ffn(norm2 x)."""
+def dropout(p: float) -> nn.Module:
+    """Dropout with probability ``p`` in training mode; no module at all to call when ``p`` is 0."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int):
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1 x), then + ffn(norm2 x).
+
+    ``resid_dropout_p`` and ``ffn_dropout_p`` drop the attention and feed-forward outputs in training
+    mode, where upstream does; they hold no weights, so state dicts are unchanged.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, ff_dim: int, ffn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0
+    ):
         super().__init__()
         self.norm1 = RMSNorm(d_model)
         self.self_attn = Attention(d_model, n_heads)
         self.norm2 = RMSNorm(d_model)
         self.ffn = FeedForward(d_model, ff_dim)
+        self.resid_dropout = dropout(resid_dropout_p)
+        self.ffn_dropout = dropout(ffn_dropout_p)
 
     def forward(self, x: torch.Tensor, rope: Rope, attend: Attend) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), rope, attend)
-        return x + self.ffn(self.norm2(x))
+        x = x + self.resid_dropout(self.self_attn(self.norm1(x), rope, attend))
+        return x + self.ffn_dropout(self.ffn(self.norm2(x)))

@@ -55,13 +55,13 @@ class KronosTokenizer(nn.Module):
         codebook_dim = c.s1_bits + c.s2_bits
         self.embed = Linear(c.d_in, c.d_model)
         self.head = Linear(c.d_model, c.d_in)
+
         # Upstream builds n_layers - 1 blocks on each side; the published weights have that many.
-        self.encoder = nn.ModuleList(
-            [TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_enc_layers - 1)]
-        )
-        self.decoder = nn.ModuleList(
-            [TransformerBlock(c.d_model, c.n_heads, c.ff_dim) for _ in range(c.n_dec_layers - 1)]
-        )
+        def block() -> TransformerBlock:
+            return TransformerBlock(c.d_model, c.n_heads, c.ff_dim, c.ffn_dropout_p, c.resid_dropout_p)
+
+        self.encoder = nn.ModuleList([block() for _ in range(c.n_enc_layers - 1)])
+        self.decoder = nn.ModuleList([block() for _ in range(c.n_dec_layers - 1)])
         self.quant_embed = Linear(c.d_model, codebook_dim)
         # Reconstructs from the s1 bits alone; used in training only, kept so the weights round-trip.
         self.post_quant_embed_pre = Linear(c.s1_bits, c.d_model)

@@ -49,6 +49,9 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str | None) -> str:
     """The id of experiment ``name``, created with its artifacts under ``artifact_root``/``name`` if new
     (``artifact_root`` None: where the tracking server puts them)."""
@@ -57,7 +60,8 @@ def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str
         if experiment is not None:
             return experiment.experiment_id
         location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
-        return mlflow_client.create_experiment(name, artifact_location=location)
+        # Without this tag MLflow 3's UI opens the experiment as a GenAI one and hides its runs' metrics.
+        return mlflow_client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException as exc:
         # Two processes creating the same experiment at once: the loser finds the winner's.
         experiment = mlflow_client.get_experiment_by_name(name)

@@ -136,8 +136,13 @@ class Registry:
         trained: bool = True,
         description: str = "",
         reason: str = "registered",
+        lineage: dict[str, str] | None = None,
     ) -> PinnedPair:
-        """Register a tokenizer and a model from local checkpoint folders; optionally point ``alias`` at the model."""
+        """Register a tokenizer and a model from local checkpoint folders; optionally point ``alias`` at the model.
+
+        ``lineage`` (for example the base versions, data window and training run of a fine-tuned pair) is
+        added to the model version's tags under ``kronos.lineage.``.
+        """
         tokenizer_dir, model_dir = Path(tokenizer_dir), Path(model_dir)
         tokenizer_values, tokenizer_tags = _describe("tokenizer", tokenizer_dir)
         model_values, model_tags = _describe("model", model_dir)
@@ -190,6 +195,7 @@ class Registry:
                         "max_context": str(max_context),
                         "tokenizer_name": self.tokenizer_name,
                         "tokenizer_version": str(tokenizer.version),
+                        **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
                     }
                 ),
                 description=description,

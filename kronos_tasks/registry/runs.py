@@ -83,6 +83,14 @@ def finish_run(
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
+def log_step_metrics(client: MlflowClient, run_id: str, step: int, metrics: Mapping[str, Any]) -> None:
+    """Log ``metrics`` at ``step`` (finite numbers only): one point of each curve in the MLflow UI."""
+    now = int(time.time() * 1000)
+    logged = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+    for start in range(0, len(logged), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, metrics=logged[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     """Add kronos-prefixed tags to a run."""
     items = [RunTag(k, v) for k, v in _tags(tags).items()]
