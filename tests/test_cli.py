@@ -240,3 +240,14 @@ def test_fetch_backfills_from_since_then_resumes_and_names_what_failed(home, tmp
         ok=False,
     )
     assert failed.returncode == 1 and "FAILED NOPE" in failed.stdout and "does not have market symbol" in failed.stdout
+
+
+@pytest.mark.slow
+def test_demo_registers_the_bundled_trained_pair_and_forecasts(home):
+    result = cli(home, "demo", "--date", "2024-08-28")
+    assert "DEMONSTRATION pair" in result.stdout and "not a published Kronos checkpoint" in result.stdout
+    assert "symbol(s) forecast, 0 failed" in result.stdout
+    models = cli(home, "models").stdout
+    assert "UNTRAINED" not in models
+    again = cli(home, "demo", "--date", "2024-08-28")  # idempotent: the same version, the run replaced
+    assert "using kronos-model version 1" in again.stdout

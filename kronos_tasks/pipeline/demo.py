@@ -1,13 +1,16 @@
 """``kronos-flow demo``: a fresh machine to a finished daily forecast on the embedded defaults.
 
 SQLite for Airflow, the forecasts and MLflow, a local artifact folder, the CPU. If no model holds the
-configured alias, the demo registers an untrained, randomly initialised tiny pair and says so: its
-forecasts are noise, and the version is tagged ``kronos.trained=false`` wherever it appears.
+configured alias, the demo registers its bundled demonstration pair (``sample_data/demo_pair``: a tiny
+model trained by ``kronos-flow finetune`` on the two sample series, with its lineage) and says plainly
+that it is not a published Kronos checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from kronos_tasks.settings import load, redact
@@ -15,6 +18,12 @@ from kronos_tasks.settings import load, redact
 from .airflow_env import airflow_environment, ensure_pool, migrate_metadata, test_dag
 
 DAG_ID = "kronos_daily_forecast"
+DEMO_PAIR = Path(__file__).resolve().parents[1] / "sample_data" / "demo_pair"
+DEMO_MAX_CONTEXT = 144  # the windows it was trained on: 120 bars of history and 24 ahead
+DEMO_DESCRIPTION = (
+    "DEMONSTRATION pair bundled with kronos-flow: a tiny model trained by `kronos-flow finetune` on the two "
+    "sample series (see sample_data/demo_pair/README.md); not a published Kronos checkpoint"
+)
 
 
 def schedule_time(cron: str) -> tuple[int, int]:
@@ -56,7 +65,6 @@ def sample_lag(settings, at: datetime) -> tuple[int, list[str]]:
 
 
 def run_demo(date: str) -> int:
-    from kronos_tasks.model.presets import write_random_pair
     from kronos_tasks.registry import Registry
     from kronos_tasks.storage import list_runs, make_engine, upgrade
 
@@ -77,19 +85,22 @@ def run_demo(date: str) -> int:
 
     print(f"[2/4] model: resolving {settings.model_name}@{settings.model_alias}", flush=True)
     if registry.holder(settings.model_alias) is None:
-        tokenizer_dir, model_dir = write_random_pair(settings.home / "checkpoints" / "demo-untrained-tiny", "tiny")
         pair = registry.register(
-            tokenizer_dir,
-            model_dir,
+            DEMO_PAIR / "tokenizer",
+            DEMO_PAIR / "model",
             alias=settings.model_alias,
-            trained=False,
-            description="UNTRAINED random tiny model registered by `kronos-flow demo`",
+            max_context=DEMO_MAX_CONTEXT,
+            trained=True,
+            description=DEMO_DESCRIPTION,
             reason="demo: no model registered",
+            lineage=json.loads((DEMO_PAIR / "lineage.json").read_text()),
         )
         print(
-            f"      NOTE: no model was registered, so the demo registered an UNTRAINED, randomly initialised tiny "
-            f"model as {pair.model_name} version {pair.model_version} (@{settings.model_alias}). Its forecasts "
-            "are noise; register real weights with `kronos-flow register --tokenizer DIR --model DIR --alias "
+            f"      NOTE: no model was registered, so the demo registered its bundled DEMONSTRATION pair as "
+            f"{pair.model_name} version {pair.model_version} (@{settings.model_alias}): a tiny model (about "
+            "0.1 M parameters) that `kronos-flow finetune` trained in minutes on the two sample series "
+            "(kronos_tasks/sample_data/demo_pair/README.md has the command). It is not a published Kronos "
+            "checkpoint; register real weights with `kronos-flow register --tokenizer DIR --model DIR --alias "
             "champion`.",
             flush=True,
         )
