@@ -15,8 +15,10 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Param, dag, get_current_context, task
 
 from kronos_tasks.settings import gpu_task_arguments, load
+from kronos_tasks.training.config import TrainConfig
 
 SETTINGS = load()
+DEFAULTS = TrainConfig()
 
 
 @dag(
@@ -43,17 +45,17 @@ SETTINGS = load()
         "max_context": Param(512, type="integer", minimum=1, description="with preset"),
         "train_tokenizer": Param(False, type="boolean", description="train the tokenizer too (always with preset)"),
         "minutes": Param(60, type=["null", "number"], exclusiveMinimum=0, description="wall-clock budget"),
-        "epochs": Param(30, type="integer", minimum=1),
-        "lookback": Param(256, type="integer", minimum=1),
-        "pred_len": Param(24, type="integer", minimum=1),
-        "batch_size": Param(32, type="integer", minimum=1),
+        "epochs": Param(DEFAULTS.epochs, type="integer", minimum=1),
+        "lookback": Param(DEFAULTS.lookback, type="integer", minimum=1),
+        "pred_len": Param(DEFAULTS.pred_len, type="integer", minimum=1),
+        "batch_size": Param(DEFAULTS.batch_size, type="integer", minimum=1),
         "lr": Param(
             None, type=["null", "number"], description="peak predictor learning rate (empty: 4e-5, 1e-3 from preset)"
         ),
         "tokenizer_lr": Param(None, type=["null", "number"]),
-        "eval_every": Param(50, type="integer", minimum=1),
-        "val_share": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
-        "seed": Param(0, type="integer", minimum=0),
+        "eval_every": Param(DEFAULTS.eval_every, type="integer", minimum=1),
+        "val_share": Param(DEFAULTS.val_share, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
+        "seed": Param(DEFAULTS.seed, type="integer", minimum=0),
         "backtest_origins": Param(20, type="integer", minimum=0),
         "alias": Param("challenger", type=["null", "string"], description="alias of the new version"),
         "gate_alias": Param(SETTINGS.model_alias, type="string", description="the alias the rollout gate may move"),

@@ -32,7 +32,8 @@ VARIABLES: tuple[Setting, ...] = (
     Setting("MLFLOW_TRACKING_URI", "MLflow tracking URI (default: SQLite store under KRONOS_HOME)"),
     Setting("MLFLOW_REGISTRY_URI", "MLflow model registry URI (default: the tracking URI)"),
     Setting(
-        "KRONOS_MLFLOW_ARTIFACT_ROOT", "artifact location of new MLflow experiments (default: the MLflow server's artifact store; KRONOS_HOME/mlartifacts for a local store)"
+        "KRONOS_MLFLOW_ARTIFACT_ROOT",
+        "artifact location of new MLflow experiments (default: the MLflow server's artifact store; KRONOS_HOME/mlartifacts for a local store)",
     ),
     Setting("KRONOS_MLFLOW_EXPERIMENT", "MLflow experiment of the daily forecast runs", "kronos-daily-forecast"),
     Setting("KRONOS_MODEL_NAME", "registered model name of the predictor", "kronos-model"),

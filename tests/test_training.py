@@ -180,8 +180,9 @@ def test_too_little_history_is_refused_with_the_symbol_and_what_it_needs(stored)
 
 
 def test_training_lowers_the_validation_loss_and_a_killed_run_resumes_from_its_checkpoint(stored, tmp_path):
+    from kronos_tasks.training.config import TrainConfig
     from kronos_tasks.training.data import load_training_data
-    from kronos_tasks.training.trainer import Stage, TrainConfig
+    from kronos_tasks.training.trainer import Stage
 
     data = load_training_data(stored, [a_share_item()], lookback=48, pred_len=4, val_share=0.2, stride=4)
     config = TrainConfig(lookback=48, pred_len=4, batch_size=16, epochs=2, eval_every=10, patience=100, seed=1)

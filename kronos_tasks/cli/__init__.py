@@ -9,6 +9,7 @@ import os
 import sys
 
 from kronos_tasks.errors import KronosFlowError
+from kronos_tasks.training.config import FROM_SCRATCH_LR, TrainConfig
 
 from . import commands
 
@@ -92,25 +93,39 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--preset-seed", type=int, default=0, help="with --preset: seed of the random weights")
     tune.add_argument("--max-context", type=int, default=512, help="with --checkpoints or --preset")
     tune.add_argument(
-        "--train-tokenizer", action="store_true", help="train the tokenizer first (else it is frozen; always with --preset)"
+        "--train-tokenizer",
+        action="store_true",
+        help="train the tokenizer first (else it is frozen; always with --preset)",
     )
     tune.add_argument("--minutes", type=float, help="wall-clock budget of the whole run")
-    tune.add_argument("--epochs", type=int, default=30, help="the most passes over the training windows")
-    tune.add_argument("--lookback", type=int, default=256)
-    tune.add_argument("--pred-len", type=int, default=24)
-    tune.add_argument("--batch-size", type=int, default=32)
-    tune.add_argument("--lr", type=float, help="peak learning rate of the predictor (default: 4e-5, or 1e-3 from --preset)")
-    tune.add_argument("--tokenizer-lr", type=float, help="peak learning rate of the tokenizer (default: 2e-4, or 1e-3 from --preset)")
-    tune.add_argument("--accumulation", type=int, default=1, help="batches per optimizer step")
-    tune.add_argument("--eval-every", type=int, default=50, help="optimizer steps between validations")
-    tune.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
-    tune.add_argument("--val-share", type=float, default=0.2, help="share of each symbol's latest bars held back")
-    tune.add_argument("--seed", type=int, default=0)
+    defaults = TrainConfig()  # every training default lives there (unset options take them)
+    for flag, kind, text in (
+        ("--epochs", int, "the most passes over the training windows"),
+        ("--lookback", int, "history bars of each training window"),
+        ("--pred-len", int, "bars predicted after each window's history"),
+        ("--batch-size", int, "windows per batch"),
+        ("--accumulation", int, "batches per optimizer step"),
+        ("--eval-every", int, "optimizer steps between validations"),
+        ("--patience", int, "validations without improvement before stopping"),
+        ("--val-share", float, "share of each symbol's latest bars held back"),
+        ("--seed", int, "seed of the batch order and dropout"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        tune.add_argument(flag, type=kind, help=f"{text} (default: {default})")
+    tune.add_argument(
+        "--lr",
+        type=float,
+        help=f"peak learning rate of the predictor (default: {defaults.predictor_lr:g}, or {FROM_SCRATCH_LR:g} from --preset)",
+    )
+    tune.add_argument(
+        "--tokenizer-lr",
+        type=float,
+        help=f"peak learning rate of the tokenizer (default: {defaults.tokenizer_lr:g}, or {FROM_SCRATCH_LR:g} from --preset)",
+    )
     tune.add_argument(
         "--s2-condition",
         choices=["target", "sampled"],
-        default="target",
-        help="condition the s2 loss on the true next s1 (default) or, as upstream, on a sampled one",
+        help="condition the s2 loss on the true next s1 (default) or, as upstream's script, on a sampled one",
     )
     tune.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     tune.add_argument(

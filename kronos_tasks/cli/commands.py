@@ -157,36 +157,11 @@ def cmd_fetch(args) -> int:
 
 def cmd_finetune(args) -> int:
     """Fine-tune from the command line, with a progress line on stderr and the backtests printed."""
-    from kronos_tasks.pipeline.finetune import Base, run_finetune
-    from kronos_tasks.training.trainer import TrainConfig
+    from kronos_tasks.pipeline.finetune import request_from, run_finetune
 
     if args.alias and not args.register:
         raise ParamsError("--alias needs --register.")
-    # Random weights learn from scratch: a larger step, and a tokenizer that must be trained too.
-    from_scratch = bool(args.preset)
-    config = TrainConfig(
-        lookback=args.lookback,
-        pred_len=args.pred_len,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        minutes=args.minutes,
-        predictor_lr=args.lr or (1e-3 if from_scratch else 4e-5),
-        tokenizer_lr=args.tokenizer_lr or (1e-3 if from_scratch else 2e-4),
-        accumulation=args.accumulation,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        val_share=args.val_share,
-        seed=args.seed,
-        s2_condition=args.s2_condition,
-        bf16=args.bf16,
-    ).check()
-    base = Base(
-        args.base,
-        tuple(args.checkpoints) if args.checkpoints else None,
-        args.preset,
-        args.preset_seed,
-        args.max_context,
-    )
+    base, config, train_tokenizer = request_from(vars(args))
     interactive = sys.stderr.isatty()
 
     def progress(line: str) -> None:
@@ -197,7 +172,7 @@ def cmd_finetune(args) -> int:
         args.symbols,
         base,
         config,
-        train_tokenizer=args.train_tokenizer or from_scratch,
+        train_tokenizer=train_tokenizer,
         out=Path(args.out) if args.out else None,
         register=args.register,
         alias=args.alias,

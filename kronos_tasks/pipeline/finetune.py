@@ -128,8 +128,9 @@ def run_finetune(
     from kronos_tasks.registry import client, ensure_experiment
     from kronos_tasks.registry.runs import finish_run, log_step_metrics, start_run
 
+    from ..training.config import config_params
     from ..training.data import load_training_data
-    from ..training.trainer import config_params, finetune
+    from ..training.trainer import finetune
 
     settings, engine = runtime.settings(), runtime.engine()
     items = items_from(engine, symbols, load_watchlist(settings.watchlist))
@@ -220,37 +221,56 @@ def run_finetune(
             mlflow.set_terminated(run_id, "FAILED")
 
 
+def request_from(values: dict) -> tuple[Base, Any, bool]:
+    """(base, training config, whether to train the tokenizer) from option or DAG param values (the names
+    of ``kronos-flow finetune``'s options). From a random preset the tokenizer is always trained and the
+    learning rates default to ``FROM_SCRATCH_LR``; unset values take ``TrainConfig``'s defaults."""
+    from kronos_tasks.training.config import FROM_SCRATCH_LR, TrainConfig
+
+    from_scratch = bool(values.get("preset"))
+    checkpoints = values.get("checkpoints")
+    base = Base(
+        values.get("base"),
+        tuple(checkpoints) if checkpoints else None,
+        values.get("preset"),
+        int(values.get("preset_seed") or 0),
+        int(values.get("max_context") or 512),
+    )
+    defaults = TrainConfig()
+
+    def value(name: str, default):
+        given = values.get(name)
+        return default if given is None else given
+
+    config = TrainConfig(
+        lookback=value("lookback", defaults.lookback),
+        pred_len=value("pred_len", defaults.pred_len),
+        batch_size=value("batch_size", defaults.batch_size),
+        epochs=value("epochs", defaults.epochs),
+        minutes=values.get("minutes"),
+        predictor_lr=float(value("lr", FROM_SCRATCH_LR if from_scratch else defaults.predictor_lr)),
+        tokenizer_lr=float(value("tokenizer_lr", FROM_SCRATCH_LR if from_scratch else defaults.tokenizer_lr)),
+        accumulation=value("accumulation", defaults.accumulation),
+        eval_every=value("eval_every", defaults.eval_every),
+        patience=value("patience", defaults.patience),
+        val_share=float(value("val_share", defaults.val_share)),
+        seed=value("seed", defaults.seed),
+        s2_condition=value("s2_condition", defaults.s2_condition),
+        bf16=bool(value("bf16", defaults.bf16)),
+    ).check()
+    return base, config, bool(values.get("train_tokenizer")) or from_scratch
+
+
 def dag_task(params: dict, dag_run_id: str) -> dict:
     """The ``kronos_finetune`` DAG's training task: ``run_finetune`` from the run's params, registered under
     ``params["alias"]``. The checkpoint folder is named after the DAG run, so a retry resumes training."""
-    from kronos_tasks.training.trainer import TrainConfig
-
-    base = Base(
-        params.get("base"),
-        None,
-        params.get("preset"),
-        int(params.get("preset_seed") or 0),
-        int(params.get("max_context") or 512),
-    )
-    from_scratch = bool(params.get("preset"))
-    config = TrainConfig(
-        lookback=int(params["lookback"]),
-        pred_len=int(params["pred_len"]),
-        batch_size=int(params["batch_size"]),
-        epochs=int(params["epochs"]),
-        minutes=params.get("minutes"),
-        predictor_lr=float(params.get("lr") or (1e-3 if from_scratch else 4e-5)),
-        tokenizer_lr=float(params.get("tokenizer_lr") or (1e-3 if from_scratch else 2e-4)),
-        eval_every=int(params["eval_every"]),
-        val_share=float(params["val_share"]),
-        seed=int(params["seed"]),
-    ).check()
+    base, config, train_tokenizer = request_from(params)
     folder = runtime.settings().home / "finetune" / "".join(c if c.isalnum() or c in "-_." else "_" for c in dag_run_id)
     outcome = run_finetune(
         params.get("symbols"),
         base,
         config,
-        train_tokenizer=bool(params.get("train_tokenizer")) or from_scratch,
+        train_tokenizer=train_tokenizer,
         out=folder,
         register=True,
         alias=params.get("alias") or None,
