@@ -358,14 +358,8 @@ def cmd_forecast(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from datetime import date
-
     from kronos_tasks.pipeline.demo import run_demo
 
-    try:
-        date.fromisoformat(args.date)
-    except ValueError:
-        raise ParamsError(f"--date must be a date such as 2024-08-28, got {args.date!r}.") from None
     with home_lock(load().home, "kronos-flow demo"):
         return run_demo(args.date)
 

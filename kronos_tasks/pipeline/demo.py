@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from kronos_tasks.errors import ParamsError
 from kronos_tasks.settings import load, redact
 
 from .airflow_env import airflow_environment, ensure_pool, migrate_metadata, test_dag
@@ -72,8 +73,7 @@ def run_demo(date: str) -> int:
     try:
         day = datetime.strptime(date, "%Y-%m-%d")
     except ValueError:
-        print(f"error: --date {date!r} is not YYYY-MM-DD", flush=True)
-        return 2
+        raise ParamsError(f"--date must be a date such as 2024-08-28, got {date!r}.") from None
     hour, minute = schedule_time(settings.schedule)
     logical = day.replace(hour=hour, minute=minute, tzinfo=ZoneInfo(settings.timezone))
 
