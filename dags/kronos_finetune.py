@@ -56,6 +56,9 @@ DEFAULTS = TrainConfig()
         "eval_every": Param(DEFAULTS.eval_every, type="integer", minimum=1),
         "val_share": Param(DEFAULTS.val_share, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
         "seed": Param(DEFAULTS.seed, type="integer", minimum=0),
+        "processes": Param(
+            1, type="integer", minimum=1, description="data-parallel training processes on the worker, one per GPU"
+        ),
         "backtest_origins": Param(20, type="integer", minimum=0),
         "alias": Param("challenger", type=["null", "string"], description="alias of the new version"),
         "gate_alias": Param(SETTINGS.model_alias, type="string", description="the alias the rollout gate may move"),

@@ -149,7 +149,9 @@ def test_registry_through_a_real_mlflow_server(kronos_env, tiny_checkpoints, mlf
     # No local file:// root was configured, so the weights went to the server's own artifact store,
     # where a worker on another machine finds them too.
     experiments = registry.client.search_experiments()
-    assert all(e.tags.get("mlflow.experimentKind") == "custom_model_development" for e in experiments if e.name != "Default")
+    assert all(
+        e.tags.get("mlflow.experimentKind") == "custom_model_development" for e in experiments if e.name != "Default"
+    )
     stored = {p.name for p in (tmp_path / "server-artifacts").rglob("model.safetensors")}
     assert stored == {"model.safetensors"} and not (kronos_env.home / "mlartifacts").exists()
 

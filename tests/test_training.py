@@ -221,7 +221,7 @@ def test_training_lowers_the_validation_loss_and_a_killed_run_resumes_from_its_c
 
 
 @pytest.mark.slow
-def test_finetune_command_trains_backtests_and_registers_with_lineage(tmp_path):
+def test_finetune_command_trains_in_two_processes_backtests_and_registers_with_lineage(tmp_path):
     import json
     import os
     import subprocess
@@ -260,6 +260,8 @@ def test_finetune_command_trains_backtests_and_registers_with_lineage(tmp_path):
             "--register",
             "--alias",
             "challenger",
+            "--processes",
+            "2",
         ],
         env=env,
         capture_output=True,
@@ -286,9 +288,38 @@ def test_finetune_command_trains_backtests_and_registers_with_lineage(tmp_path):
     curve = registry.client.get_metric_history(run.info.run_id, "predictor_train_loss")
     assert len(curve) > 10 and [m.step for m in curve] == sorted(m.step for m in curve)
     assert run.data.params["train_tokenizer"] == "True" and "finetuned_skill_vs_persistence" in run.data.metrics
+    assert run.data.params["processes"] == "2" and run.data.params["device"] == "cpu"
     listed = {a.path for a in registry.client.list_artifacts(run.info.run_id)}
     assert {"training_data.json", "backtest.json"} <= listed
     described = json.loads(
         Path(registry.client.download_artifacts(run.info.run_id, "training_data.json", str(tmp_path))).read_text()
     )
     assert described["symbols"][0]["bars"] == 2500
+
+
+def test_two_data_parallel_processes_take_the_steps_one_process_takes(stored, tmp_path):
+    """torchrun with two gloo processes on the CPU: uneven shares of each batch (4 + 3 windows) and
+    accumulation under DDP's no_sync give the single-process losses and weights, up to float rounding."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    database = stored.url.database
+    script = str(Path(__file__).with_name("ddp_stage.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, script, database, tmp_path / "one"], env=env, check=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*torchrun, script, database, tmp_path / "two"], env=env, check=True, timeout=300)
+    one, two = (json.loads((tmp_path / name / "curve.json").read_text()) for name in ("one", "two"))
+    assert (one["world"], two["world"], one["steps"], two["steps"]) == (1, 2, 12, 12)
+    assert [step for step, _ in two["curve"]] == [step for step, _ in one["curve"]]
+    for (_, alone), (_, together) in zip(one["curve"], two["curve"]):
+        assert alone.keys() == together.keys()
+        for name in (k for k in alone if "loss" in k):
+            assert together[name] == pytest.approx(alone[name], rel=1e-5), name
+    alone, together = load_file(tmp_path / "one" / "best.safetensors"), load_file(tmp_path / "two" / "best.safetensors")
+    assert max(float((alone[k] - together[k]).abs().max()) for k in alone) < 5e-5  # a step moves weights ~1e-3

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     tune.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="data-parallel training processes on this machine, one per GPU (torchrun; gloo on the CPU; default: 1)",
+    )
+    tune.add_argument(
         "--out",
         help="folder for checkpoints and the pair (default: KRONOS_HOME/finetune/<time>); an existing one resumes",
     )

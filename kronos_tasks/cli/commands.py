@@ -157,28 +157,20 @@ def cmd_fetch(args) -> int:
 
 def cmd_finetune(args) -> int:
     """Fine-tune from the command line, with a progress line on stderr and the backtests printed."""
-    from kronos_tasks.pipeline.finetune import request_from, run_finetune
+    from kronos_tasks.pipeline.finetune import request_from, run_in_processes, run_request
+    from kronos_tasks.pipeline.finetune_process import terminal_progress
 
     if args.alias and not args.register:
         raise ParamsError("--alias needs --register.")
-    base, config, train_tokenizer = request_from(vars(args))
+    request_from(vars(args))  # bad options are refused here, before any process starts
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "processes") and not callable(v)}
     interactive = sys.stderr.isatty()
-
-    def progress(line: str) -> None:
-        if interactive:
-            print(f"\r{line[:110]:<110}", end="", file=sys.stderr, flush=True)
-
-    outcome = run_finetune(
-        args.symbols,
-        base,
-        config,
-        train_tokenizer=train_tokenizer,
-        out=Path(args.out) if args.out else None,
-        register=args.register,
-        alias=args.alias,
-        backtest_origins=args.backtest_origins,
-        progress=progress,
-    )
+    if args.processes > 1:
+        outcome = run_in_processes(values, args.processes)
+    else:
+        outcome = run_request(values, terminal_progress)
+    if outcome is None:
+        return 0  # started by torchrun: process 0 reports
     if interactive:
         print(file=sys.stderr)
     for stage in outcome.stages:

@@ -4,13 +4,16 @@ training with its curves in MLflow, a backtest on the held-back tail, and regist
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kronos_tasks.errors import ParamsError
+from kronos_tasks.errors import KronosFlowError, ParamsError
 from kronos_tasks.pipeline import runtime
 
 EXPERIMENT = "kronos-finetune"
@@ -52,6 +55,18 @@ class FinetuneOutcome:
     scores: dict[str, Any] = field(default_factory=dict)  # "base" and "finetuned" backtests on the tail
     model_version: str | None = None
     tokenizer_version: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> FinetuneOutcome:
+        values = json.loads(text)
+        return cls(**{**values, "tokenizer_dir": Path(values["tokenizer_dir"]), "model_dir": Path(values["model_dir"])})
+
+
+class TrainingFailed(KronosFlowError):
+    """A multi-process training run ended without an outcome."""
 
 
 def _base_pair(base: Base):
@@ -115,14 +130,29 @@ def run_finetune(
     alias: str | None = None,
     backtest_origins: int = BACKTEST_ORIGINS,
     progress=lambda line: None,
-) -> FinetuneOutcome:
+) -> FinetuneOutcome | None:
     """Fine-tune ``base`` on the stored bars of ``symbols`` (``symbol[:interval]``; None: the watchlist).
 
     Every hyper-parameter, the base and the data window (spans, split times, hash) go to one MLflow run in
     the ``kronos-finetune`` experiment with per-step curves; the base and the fine-tuned pair are
     backtested on the validation tail (``backtest_origins`` origins per symbol, 0: none) against
     persistence; with ``register`` the pair becomes new registry versions carrying that lineage.
+
+    Started by ``torchrun``, every process calls this: they train together (data-parallel, one device
+    each), process 0 does everything else and returns the outcome, the others return None.
     """
+    from ..training import distributed
+
+    group = distributed.join(runtime.settings().device)
+    try:
+        return _run_finetune(
+            symbols, base, config, train_tokenizer, out, register, alias, backtest_origins, progress, group
+        )
+    finally:
+        distributed.leave(group)
+
+
+def _run_finetune(symbols, base, config, train_tokenizer, out, register, alias, backtest_origins, progress, group):
     from kronos_tasks.data.watchlist import load_watchlist
     from kronos_tasks.evaluation.backtest import items_from
     from kronos_tasks.registry import client, ensure_experiment
@@ -134,14 +164,22 @@ def run_finetune(
 
     settings, engine = runtime.settings(), runtime.engine()
     items = items_from(engine, symbols, load_watchlist(settings.watchlist))
+    if not group.main:
+        group.barrier()  # process 0 resolves (and caches) a registered base first
     tokenizer, model, max_context, lineage = _base_pair(base)
+    if group.main:
+        group.barrier()
     if config.lookback + config.pred_len > max_context:
         raise ParamsError(
             f"lookback {config.lookback} + pred_len {config.pred_len} exceeds the model's context {max_context}."
         )
     data = load_training_data(engine, items, config.lookback, config.pred_len, config.val_share)
     described = data.describe()
-    out = Path(out) if out else settings.home / "finetune" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    # Every process needs process 0's folder: the checkpoints live there.
+    out = group.share(Path(out) if out else settings.home / "finetune" / _timestamp())
+    if not group.main:
+        finetune(tokenizer, model, data, config, out / "checkpoints", train_tokenizer, group=group)
+        return None
     out.mkdir(parents=True, exist_ok=True)
     base_dir = out / "base"
     tokenizer.save_pretrained(base_dir / "tokenizer")
@@ -163,6 +201,7 @@ def run_finetune(
             train_tokenizer,
             log=lambda step, metrics: log_step_metrics(mlflow, run_id, step, metrics),
             progress=progress,
+            group=group,
         )
         tokenizer_dir = tokenizer.save_pretrained(out / "pair" / "tokenizer")
         model_dir = model.save_pretrained(out / "pair" / "model")
@@ -207,6 +246,8 @@ def run_finetune(
                     metrics[f"{label}_mae"] = scores["model"]["mae"]
             params = {
                 **config_params(config),
+                "processes": group.world,
+                "device": str(group.device),
                 "base": base.describe(),
                 "train_tokenizer": train_tokenizer,
                 "data_sha256": described["data_sha256"],
@@ -261,21 +302,71 @@ def request_from(values: dict) -> tuple[Base, Any, bool]:
     return base, config, bool(values.get("train_tokenizer")) or from_scratch
 
 
-def dag_task(params: dict, dag_run_id: str) -> dict:
-    """The ``kronos_finetune`` DAG's training task: ``run_finetune`` from the run's params, registered under
-    ``params["alias"]``. The checkpoint folder is named after the DAG run, so a retry resumes training."""
-    base, config, train_tokenizer = request_from(params)
-    folder = runtime.settings().home / "finetune" / "".join(c if c.isalnum() or c in "-_." else "_" for c in dag_run_id)
-    outcome = run_finetune(
-        params.get("symbols"),
+def run_request(values: dict, progress=lambda line: None) -> FinetuneOutcome | None:
+    """``run_finetune`` from option or param values (the names of ``kronos-flow finetune``'s options, with
+    ``out``, ``register``, ``alias`` and ``backtest_origins``); None on processes other than 0."""
+    base, config, train_tokenizer = request_from(values)
+    out = values.get("out")
+    return run_finetune(
+        values.get("symbols"),
         base,
         config,
         train_tokenizer=train_tokenizer,
-        out=folder,
-        register=True,
-        alias=params.get("alias") or None,
-        backtest_origins=int(params["backtest_origins"]),
+        out=Path(out) if out else None,
+        register=bool(values.get("register")),
+        alias=values.get("alias") or None,
+        backtest_origins=int(values.get("backtest_origins", BACKTEST_ORIGINS)),
+        progress=progress,
     )
+
+
+def run_in_processes(values: dict, processes: int) -> FinetuneOutcome:
+    """``run_request(values)`` in ``processes`` data-parallel processes on this machine (``torchrun
+    --standalone``: one per GPU, or gloo processes on the CPU); process 0's outcome.
+
+    The request and the outcome travel as JSON files in the run's folder; process 0's progress and every
+    process's errors go to this process's stderr.
+    """
+    if processes < 1:
+        raise ParamsError(f"processes must be a positive integer, got {processes!r}.")
+    out = Path(values.get("out") or runtime.settings().home / "finetune" / _timestamp())
+    out.mkdir(parents=True, exist_ok=True)
+    request, outcome = out / "request.json", out / "outcome.json"
+    outcome.unlink(missing_ok=True)
+    request.write_text(json.dumps({**values, "out": str(out), "outcome": str(outcome)}, indent=2, default=str))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "kronos_tasks.pipeline.finetune_process",
+        str(request),
+    ]
+    # One thread per process unless the operator set it: torchrun's default, said out loud.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
+    finished = subprocess.run(command, env=env)
+    if finished.returncode != 0 or not outcome.is_file():
+        raise TrainingFailed(
+            f"training in {processes} processes failed (torchrun exit status {finished.returncode}); its "
+            f"errors are above. The checkpoints in {out / 'checkpoints'} resume with the same --out."
+        )
+    return FinetuneOutcome.from_json(outcome.read_text())
+
+
+def _timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def dag_task(params: dict, dag_run_id: str) -> dict:
+    """The ``kronos_finetune`` DAG's training task: ``run_finetune`` from the run's params, registered under
+    ``params["alias"]``, in ``params["processes"]`` data-parallel processes. The checkpoint folder is named
+    after the DAG run, so a retry resumes training."""
+    folder = runtime.settings().home / "finetune" / "".join(c if c.isalnum() or c in "-_." else "_" for c in dag_run_id)
+    values = {**params, "out": str(folder), "register": True}
+    processes = int(params.get("processes") or 1)
+    outcome = run_in_processes(values, processes) if processes > 1 else run_request(values)
     skills = {f"{k}_skill": v.get("model", {}).get("skill") for k, v in outcome.scores.items()}
     return {
         "model_version": outcome.model_version,

@@ -64,11 +64,11 @@ class WindowSet:
         pairs = [self.window(int(i)) for i in indices]
         return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
 
-    def batches(self, batch_size: int, generator: torch.Generator, shuffle: bool = True):
-        """Batches over every window once, in a random order drawn from ``generator`` (or in order)."""
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            yield self.batch(order[start : start + batch_size])
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Index batches over every window once: [B] window indices, in a random order drawn from
+        ``generator``, or in order without one. Every training process draws the same batches."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        return [order[start : start + batch_size] for start in range(0, len(self), batch_size)]
 
 
 @dataclass

@@ -7,6 +7,14 @@ early after ``patience`` evaluations without improvement, and stops at its share
 budget (``minutes``) or after ``epochs``. After every evaluation the stage writes a checkpoint
 (safetensors + JSON: weights, best weights, optimizer and schedule state, position in the data), and a
 run started again with the same folder resumes from it. bf16 autocast is used on CUDA when asked.
+
+Under ``torchrun`` (see ``distributed``) the stage is data-parallel: every process draws the same batch
+order, takes its share of each batch of ``batch_size`` windows (``batch_size`` is the global batch, so a
+run's hyper-parameters mean the same on any number of devices), and DDP averages the gradients with each
+share weighted by its size, so the predictor's update equals the single-process update on the whole batch
+(up to float rounding). The tokenizer's codebook-entropy term is a batch statistic and is computed per
+process, as in upstream's DDP training. Validation losses are summed over processes, process 0 alone
+writes checkpoints and metrics, and process 0's clock decides the wall-clock stop for all.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +33,11 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import TrainingData, WindowSet
+from .distributed import SINGLE, Group
 from .objectives import predictor_loss, tokenizer_loss
 
 MetricsLog = Callable[[int, dict[str, float]], None]  # (global step, metrics)
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (x, stamps)
 
 
 @dataclass
@@ -62,6 +73,17 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+class Objective(nn.Module):
+    """The trained module and its loss as one module, so DDP can wrap the forward pass that makes the loss."""
+
+    def __init__(self, trained: nn.Module, loss: LossFn):
+        super().__init__()
+        self.trained, self.loss = trained, loss
+
+    def forward(self, x: torch.Tensor, stamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.loss(x, stamps)
+
+
 class Stage:
     """One module trained on one objective, with its checkpoint folder."""
 
@@ -69,12 +91,14 @@ class Stage:
         self,
         name: str,
         module: nn.Module,
-        loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        loss: LossFn,
         lr: float,
         config: TrainConfig,
         folder: Path,
+        group: Group = SINGLE,
     ):
         self.name, self.module, self.loss, self.config, self.folder = name, module, loss, config, folder
+        self.group = group
         self.optimizer = torch.optim.AdamW(
             module.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
         )
@@ -95,19 +119,30 @@ class Stage:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast(device.type, enabled=False)
 
+    def _share(self, indices: torch.Tensor) -> torch.Tensor:
+        """This process's part of a batch of window indices (the whole batch in a group of one)."""
+        return torch.tensor_split(indices, self.group.world)[self.group.rank]
+
     def validate(self, data: WindowSet, device: torch.device) -> float:
-        """Mean loss over the validation windows, in eval mode (no dropout)."""
+        """Mean loss over the validation windows (all processes' shares), in eval mode (no dropout)."""
         self.module.eval()
         total, count = 0.0, 0
         with torch.no_grad(), self._autocast(device):
-            for x, stamps in data.batches(self.config.batch_size, torch.Generator(), shuffle=False):
+            for indices in data.batches(self.config.batch_size):
+                mine = self._share(indices)
+                if len(mine) == 0:
+                    continue
+                x, stamps = data.batch(mine)
                 loss, _ = self.loss(x.to(device), stamps.to(device))
-                total += float(loss) * len(x)
-                count += len(x)
+                total += float(loss) * len(mine)
+                count += len(mine)
         self.module.train()
+        total, count = self.group.sum([total, count])
         return total / max(count, 1)
 
     def save(self, position: dict, best: dict[str, torch.Tensor]) -> None:
+        if not self.group.main:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors, meta = _flatten_optimizer(self.optimizer)
         tensors.update({f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()})
@@ -129,11 +164,19 @@ class Stage:
         best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
         return position, best
 
+    def _parallel(self, device: torch.device) -> nn.Module:
+        objective = Objective(self.module, self.loss)
+        if not self.group.distributed:
+            return objective
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+
     def run(
         self, data: TrainingData, deadline: float | None, log: MetricsLog, progress: Callable[[str], None]
     ) -> StageResult:
         """Train until the epochs, the deadline or early stopping end it; the module ends with its best weights."""
-        config, device = self.config, next(self.module.parameters()).device
+        config, group, device = self.config, self.group, next(self.module.parameters()).device
         self.module.train().requires_grad_(True)
         per_epoch = max(1, math.ceil(len(data.train) / (config.batch_size * config.accumulation)))
         schedule = self._schedule(per_epoch * config.epochs)
@@ -144,20 +187,30 @@ class Stage:
             position, best = restored
             schedule.load_state_dict(position.pop("schedule"))
             progress(f"{self.name}: resuming from step {position['step']} (epoch {position['epoch'] + 1})")
+        objective = self._parallel(device)  # after loading: DDP starts every process from process 0's weights
         started = time.monotonic() - position["seconds"]
         stopped, tokens, tick = "epochs", 0, time.monotonic()
         while position["epoch"] < config.epochs and stopped == "epochs":
             generator = torch.Generator().manual_seed(config.seed * 1000 + position["epoch"])
-            batches = data.train.batches(config.batch_size, generator)
-            for index, (x, stamps) in enumerate(batches):
+            for index, indices in enumerate(data.train.batches(config.batch_size, generator)):
                 if index < position["batch"]:
                     continue  # resumed: batches of this epoch already trained on
-                with self._autocast(device):
-                    loss, parts = self.loss(x.to(device), stamps.to(device))
-                (loss / config.accumulation).backward()
-                tokens += x.shape[0] * x.shape[1]
                 position["batch"] = index + 1
-                if position["batch"] % config.accumulation:
+                mine = self._share(indices)
+                if len(mine) == 0:
+                    continue  # a last batch smaller than the number of processes: skipped by all of them
+                x, stamps = data.train.batch(mine)
+                # Each process's loss weighted by its share: DDP's mean of the gradients is then the
+                # gradient of the whole batch's mean loss, however unevenly the batch was split.
+                weight = len(mine) * group.world / len(indices)
+                stepping = position["batch"] % config.accumulation == 0
+                quiet = objective.no_sync() if group.distributed and not stepping else nullcontext()
+                with quiet:
+                    with self._autocast(device):
+                        loss, parts = objective(x.to(device), stamps.to(device))
+                    (loss * weight / config.accumulation).backward()
+                tokens += x.shape[0] * x.shape[1]
+                if not stepping:
                     continue
                 norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.clip_grad)
                 self.optimizer.step()
@@ -166,13 +219,20 @@ class Stage:
                     schedule.step()
                 position["step"] += 1
                 now = time.monotonic()
+                out_of_time = group.main and deadline is not None and now > deadline
+                # One collective per step: the whole batch's losses and process 0's clock.
+                names = sorted(parts)
+                *losses, out_of_time = group.sum(
+                    [float(loss.detach()) * weight, *(float(parts[k].detach()) * weight for k in names), out_of_time]
+                )
+                losses = [value / group.world for value in losses]
                 metrics = {
-                    f"{self.name}_train_loss": float(loss.detach()),
+                    f"{self.name}_train_loss": losses[0],
                     f"{self.name}_lr": self.optimizer.param_groups[0]["lr"],
                     f"{self.name}_grad_norm": float(norm),
-                    f"{self.name}_tokens_per_second": tokens / max(now - tick, 1e-9),
+                    f"{self.name}_tokens_per_second": tokens * group.world / max(now - tick, 1e-9),
                 }
-                metrics.update({f"{self.name}_train_{k}": float(v.detach()) for k, v in parts.items()})
+                metrics.update({f"{self.name}_train_{k}": v for k, v in zip(names, losses[1:])})
                 tokens, tick = 0, now
                 if position["step"] % config.eval_every == 0:
                     metrics.update(self._evaluate(data, device, position, best))
@@ -180,20 +240,24 @@ class Stage:
                         stopped = "early_stopping"
                     position["seconds"] = now - started
                     self.save({**position, "schedule": schedule.state_dict()}, best)
-                log(position["step"], metrics)
-                progress(
-                    f"{self.name}: epoch {position['epoch'] + 1}/{config.epochs} step {position['step']} "
-                    f"loss {float(loss.detach()):.4f} best val {position['best_val']:.4f}"
-                )
-                if stopped == "epochs" and deadline is not None and now > deadline:
+                if group.main:
+                    log(position["step"], metrics)
+                    progress(
+                        f"{self.name}: epoch {position['epoch'] + 1}/{config.epochs} step {position['step']} "
+                        f"loss {losses[0]:.4f} best val {position['best_val']:.4f}"
+                    )
+                if stopped == "epochs" and out_of_time:
                     stopped = "budget"
                 if stopped != "epochs":
                     break
             else:
                 position["epoch"], position["batch"] = position["epoch"] + 1, 0
-        log(position["step"], self._evaluate(data, device, position, best))
+        final = self._evaluate(data, device, position, best)
+        if group.main:
+            log(position["step"], final)
         position["seconds"] = time.monotonic() - started
         self.save({**position, "schedule": schedule.state_dict()}, best)
+        group.barrier()
         self.module.load_state_dict(best)
         self.module.eval().requires_grad_(False)
         return StageResult(self.name, position["step"], position["best_val"], stopped, position["seconds"])
@@ -218,14 +282,18 @@ def finetune(
     train_tokenizer: bool = False,
     log: MetricsLog = lambda step, metrics: None,
     progress: Callable[[str], None] = lambda line: None,
+    group: Group = SINGLE,
 ) -> list[StageResult]:
-    """Train ``tokenizer`` (if asked) then ``model`` on ``data`` in place, checkpointing under ``folder``.
+    """Train ``tokenizer`` (if asked) then ``model`` on ``data`` in place on ``group``'s device,
+    checkpointing under ``folder``; both end on that device with their best weights.
 
     The predictor always trains against the tokenizer it will be registered with: the fine-tuned one when
     ``train_tokenizer``, else the frozen base tokenizer.
     """
     config.check()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + group.rank)  # dropout masks differ between processes, as their data does
+    tokenizer.to(group.device)
+    model.to(group.device)
     deadline = None if config.minutes is None else time.monotonic() + config.minutes * 60
     results = []
     if train_tokenizer:
@@ -237,6 +305,7 @@ def finetune(
             config.tokenizer_lr,
             config,
             folder / "tokenizer-stage",
+            group,
         )
         results.append(stage.run(data, stage_deadline, log, progress))
     tokenizer.eval().requires_grad_(False)
@@ -247,6 +316,7 @@ def finetune(
         config.predictor_lr,
         config,
         folder / "predictor-stage",
+        group,
     )
     results.append(stage.run(data, deadline, log, progress))
     return results
