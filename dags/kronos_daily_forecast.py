@@ -105,7 +105,8 @@ def kronos_daily_forecast():
     def persist(run: RunPlan, shards: list[Shard], results: list[BatchResult]) -> RunSummary:
         from kronos_tasks.pipeline import daily
 
-        return daily.persist(run, list(shards), list(results))
+        # A slice reads every mapped result in one request (iterating probes past the end and logs an error).
+        return daily.persist(run, list(shards), list(results[:]))
 
     @task
     def log_to_mlflow(run: RunPlan, summary: RunSummary) -> str:

@@ -99,7 +99,9 @@ def engine_of(settings):
 
 
 def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
-    from kronos_tasks.storage import get_run
+    import json
+
+    from kronos_tasks.storage import get_run, run_windows
     from kronos_tasks.storage.models import Forecast, SymbolFailure
 
     settings, env, registry = airflow_setup
@@ -122,7 +124,31 @@ def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
     assert mlflow_run.data.params["model_version"] == "1" and mlflow_run.data.params["seed"] == str(run.seed)
     assert mlflow_run.data.metrics["symbols_ok"] == 2
     artifacts = {a.path for a in registry.client.list_artifacts(run.mlflow_run_id)}
-    assert {"forecasts.csv", "fan_chart.png"} <= artifacts
+    assert {"forecasts.csv", "failures.csv", "fan_chart.png", "charts"} <= artifacts
+    charts = {a.path for a in registry.client.list_artifacts(run.mlflow_run_id, "charts")}
+    assert charts == {"charts/GOOG_1d.png", "charts/a_share_5min.png"}
+    # MLflow-native: a name that tells runs apart, resolved parameters, each symbol's data window as a
+    # dataset whose digest is the stored window hash, the versions' logged models as inputs and the
+    # metrics logged against the model's, which lists this run on the page the version links to.
+    assert mlflow_run.info.run_name == "2024-08-28 21:30 UTC · kronos-model v1 · 2 symbols · UNTRAINED"
+    assert mlflow_run.data.params["lookback"] == "488" and mlflow_run.data.params["device"] == "cpu"
+    windows = {w.symbol: w for w in run_windows(engine, run_id)}
+    assert set(windows) == {"GOOG", "a_share"} and windows["GOOG"].bars == 488
+    assert windows["GOOG"].last_ts == pd.Timestamp("2013-03-01 05:00", tz="UTC")
+    datasets = {d.dataset.name: d.dataset for d in mlflow_run.inputs.dataset_inputs}
+    assert {k: v.digest for k, v in datasets.items()} == {
+        f"{w.symbol}:{w.interval}": w.sha256[:32] for w in windows.values()
+    }
+    assert json.loads(datasets["GOOG:1d"].profile)["last_bar"].startswith("2013-03-01")
+    pinned = registry.resolve("kronos-model/1")
+    assert {m.model_id for m in mlflow_run.inputs.model_inputs} == {pinned.model_logged_id, pinned.tokenizer_logged_id}
+    linked = registry.client.get_logged_model(pinned.model_logged_id).metrics
+    assert {(m.key, m.run_id) for m in linked} >= {("symbols_ok", run.mlflow_run_id)}
+    registered = registry.client.get_model_version("kronos-model", "1").source
+    assert registered == f"models:/{pinned.model_logged_id}"
+    description = mlflow_run.data.tags["mlflow.note.content"]
+    assert "[kronos-model v1](#/models/kronos-model/versions/1)" in description and "UNTRAINED" in description
+    assert windows["GOOG"].sha256[:16] in description
 
     # The same logical date again: same seed, same rows (replaced, not duplicated), one live MLflow run.
     before = rows.set_index(["symbol", "feature", "step"])["mean"].sort_index()

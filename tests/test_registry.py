@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -39,9 +38,21 @@ def test_register_resolve_promote_and_roll_back(kronos_env, tiny_checkpoints):
     tags = rows[("kronos-model", "2")]["tags"]
     assert tags["tokenizer_version"] == "2" and tags["trained"] == "true" and len(tags["sha256"]) == 64
     assert tags["n_layers"] == "2" and tags["s1_bits"] == "6" and tags["max_context"] == "512"
-    # The moves are visible in MLflow: as a tag on the registered model and as runs of kronos-registry.
+    # The moves are visible in MLflow: as a table in the registered model's description (newest first) and
+    # as runs of kronos-registry; no raw JSON in its tags.
     model = registry.client.get_registered_model("kronos-model")
-    assert len(json.loads(model.tags["kronos.alias_history.champion"])) == 3
+    table = [line for line in model.description.splitlines() if line.startswith("| 20")]
+    assert [line.split(" | ")[1:4] for line in table] == [
+        ["rollback", "2", "1"],
+        ["promote", "1", "2"],
+        ["promote", "-", "1"],
+    ]
+    assert not any(key.startswith("kronos.alias_history") for key in model.tags)
+    # Each version comes from an MLflow 3 logged model that holds the checkpoint and points at its run.
+    version = registry.client.get_model_version("kronos-model", "2")
+    logged = registry.client.get_logged_model(pinned.model_logged_id)
+    assert version.source == f"models:/{pinned.model_logged_id}" and logged.source_run_id == version.run_id
+    assert logged.params["n_layers"] == "2" and logged.status.to_proto() == logged.status.READY.to_proto()
     runs = registry.client.search_runs(
         [registry.client.get_experiment_by_name("kronos-registry").experiment_id], "tags.`kronos.action` = 'rollback'"
     )
@@ -98,8 +109,8 @@ def test_cache_is_used_and_a_corrupted_entry_is_replaced(kronos_env, tiny_checkp
 def test_checksum_mismatch_of_the_stored_artifacts_fails_loudly(kronos_env, tiny_checkpoints):
     registry = Registry(kronos_env)
     pinned = registry.register(*tiny_checkpoints[0], alias="champion")
-    version = registry.client.get_model_version("kronos-model", "1")
-    stored = version.source.removeprefix("file://") + "/model.safetensors"
+    stored = registry.client.get_model_version_download_uri("kronos-model", "1").removeprefix("file://")
+    stored += "/model.safetensors"
     with open(stored, "r+b") as handle:
         handle.seek(200)
         handle.write(b"tampered")
@@ -111,8 +122,7 @@ def test_checksum_mismatch_of_the_stored_artifacts_fails_loudly(kronos_env, tiny
 def test_missing_artifacts_say_what_to_do(kronos_env, tiny_checkpoints):
     registry = Registry(kronos_env)
     pinned = registry.register(*tiny_checkpoints[0], alias="champion")
-    version = registry.client.get_model_version("kronos-model", "1")
-    shutil.rmtree(version.source.removeprefix("file://"))
+    shutil.rmtree(registry.client.get_model_version_download_uri("kronos-model", "1").removeprefix("file://"))
     shutil.rmtree(pinned.model_path)
     with pytest.raises(RegistryError, match="cannot be downloaded.*register the checkpoint again"):
         registry.resolve()

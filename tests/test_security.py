@@ -120,7 +120,7 @@ def test_db_downgrade_says_what_it_drops_and_needs_yes(tmp_path):
     assert asked.returncode == 1 and "drop table bars (0 rows)" in asked.stdout
     assert asked.stderr.strip().splitlines()[-1].startswith("error: nothing was changed; re-run with --yes")
     current = subprocess.run([CLI, "db", "current"], env=env, capture_output=True, text=True, check=True)
-    assert "revision: 0001" in current.stdout
+    assert "revision: 0002" in current.stdout
     done = subprocess.run([CLI, "db", "downgrade", "base", "--yes"], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "revision: None" in done.stdout
 
@@ -315,7 +315,7 @@ def test_database_roles_of_the_stack_let_workers_write_rows_but_never_change_the
 
 
 def test_names_in_plots_are_text_not_mathtext(tmp_path):
-    from kronos_tasks.pipeline.evaluate import reliability_plot
+    from kronos_tasks.pipeline.charts import reliability_plot
 
     table = [{"count": 3, "mean_forecast": 0.4, "observed": 0.5}, {"count": 0, "mean_forecast": 0.0, "observed": 0.0}]
     reliability_plot(table, r"kronos-model/1 on $\frac{BTC", tmp_path / "plot.png")  # unbalanced mathtext

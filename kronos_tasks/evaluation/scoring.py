@@ -129,8 +129,32 @@ def due_runs(engine: Engine, now: datetime, lookback_days: int) -> list[str]:
         return sorted(connection.execute(query).scalars())
 
 
+def by_horizon(points: pd.DataFrame) -> list[dict[str, float]]:
+    """Per forecast step: MAE skill versus persistence and the coverage of the widest central band."""
+    levels = sorted(float(q) for q in points["quantiles"].iloc[0])
+    low, high = levels[0], levels[-1]
+    rows = []
+    for step, part in points.groupby("step"):
+        actual = part["actual"].to_numpy(float)
+        band = [part["quantiles"].map(lambda d, q=q: d[f"{q:g}"]).to_numpy(float) for q in (low, high)]
+        rows.append(
+            {
+                "step": int(step),
+                "count": int(len(part)),
+                "skill": metrics.skill(
+                    metrics.mae(part["mean"].to_numpy(float), actual),
+                    metrics.mae(part["last_value"].to_numpy(float), actual),
+                ),
+                "coverage": metrics.coverage(band[0], band[1], actual),
+                "nominal": high - low,
+            }
+        )
+    return rows
+
+
 def by_version(engine: Engine, run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Scores pooled per model version over the arrived points of ``run_ids``, with a reliability table."""
+    """Scores pooled per model version over the arrived points of ``run_ids``, with a reliability table and
+    skill and band coverage per horizon."""
     points = arrived_points(engine, run_ids)
     out = {}
     for (name, version), part in points.groupby(["model_name", "model_version"]):
@@ -140,5 +164,6 @@ def by_version(engine: Engine, run_ids: list[str]) -> dict[str, dict[str, Any]]:
             "points": int(len(part)),
             "runs": sorted(part["run_id"].unique()),
             "reliability": metrics.reliability(part["prob_above_last"].to_numpy(float), (actual > last).astype(float)),
+            "horizons": by_horizon(part),
         }
     return out

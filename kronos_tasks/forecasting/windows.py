@@ -37,6 +37,17 @@ class Window:
     def local(self, stamps) -> pd.Series:
         return local_times(stamps, self.item.timezone)
 
+    def record(self) -> dict:
+        """What the forecast read, for the forecast_windows table: its first and last bar, count and hash."""
+        return {
+            "symbol": self.symbol,
+            "interval": self.item.interval,
+            "first_ts": self.bars["ts"].iloc[0].to_pydatetime(),
+            "last_ts": self.bars["ts"].iloc[-1].to_pydatetime(),
+            "bars": len(self.bars),
+            "sha256": self.sha256,
+        }
+
 
 def local_times(stamps, timezone: str) -> pd.Series:
     """UTC timestamps as naive wall-clock times in ``timezone``: what the model's time features use."""

@@ -164,7 +164,8 @@ def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
         for row in forecast_rows(run.run_id, window, predicted[window.symbol])
     ]
     forecast_seconds = time.perf_counter() - loaded
-    stage_forecasts(engine, run.run_id, f"shard-{shard.index:04d}", rows)
+    read = [w.record() for w in windows if w.symbol in predicted]
+    stage_forecasts(engine, run.run_id, f"shard-{shard.index:04d}", rows, read)
     return BatchResult(
         shard=shard.index,
         ok=tuple(sorted(predicted)),

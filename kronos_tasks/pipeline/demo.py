@@ -21,6 +21,7 @@ from .airflow_env import airflow_environment, ensure_pool, migrate_metadata, tes
 DAG_ID = "kronos_daily_forecast"
 DEMO_PAIR = Path(__file__).resolve().parents[1] / "sample_data" / "demo_pair"
 DEMO_MAX_CONTEXT = 144  # the windows it was trained on: 120 bars of history and 24 ahead
+DEMO_NOTE = "demonstration model: tiny, trained on the two sample series only"
 DEMO_DESCRIPTION = (
     "DEMONSTRATION pair bundled with kronos-flow: a tiny model trained by `kronos-flow finetune` on the two "
     "sample series (see sample_data/demo_pair/README.md); not a published Kronos checkpoint"
@@ -93,6 +94,7 @@ def run_demo(date: str) -> int:
             trained=True,
             description=DEMO_DESCRIPTION,
             reason="demo: no model registered",
+            note=DEMO_NOTE,
             lineage=json.loads((DEMO_PAIR / "lineage.json").read_text()),
         )
         print(

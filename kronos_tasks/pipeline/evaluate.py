@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from kronos_tasks.evaluation import scoring
+from kronos_tasks.registry.mlflow_setup import client, ensure_experiment
+from kronos_tasks.registry.runs import record_run
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from kronos_tasks.evaluation import scoring  # noqa: E402
-from kronos_tasks.registry.mlflow_setup import client, ensure_experiment  # noqa: E402
-from kronos_tasks.registry.runs import record_run  # noqa: E402
-
-from . import runtime  # noqa: E402
+from . import runtime
+from .charts import horizon_plot, reliability_plot
 
 EXPERIMENT = "kronos-forecast-evaluation"
 
@@ -27,24 +24,6 @@ def due(now: datetime | str, lookback_days: int) -> list[str]:
 
 def score(run_ids: list[str]) -> dict[str, Any]:
     return scoring.score_runs(runtime.engine(), run_ids)
-
-
-def reliability_plot(table: list[dict], title: str, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    axis.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfectly calibrated")
-    used = [b for b in table if b["count"]]
-    axis.plot([b["mean_forecast"] for b in used], [b["observed"] for b in used], marker="o", label="forecasts")
-    for b in used:
-        axis.annotate(
-            str(b["count"]), (b["mean_forecast"], b["observed"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
-        )
-    axis.set_xlabel("forecast P(close up)")
-    axis.set_ylabel("observed frequency")
-    axis.set_title(title, fontsize=9, parse_math=False)  # names are text, never mathtext
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
 
 
 def log_versions(run_ids: list[str], evaluation_id: str) -> dict[str, str]:
@@ -63,6 +42,10 @@ def log_versions(run_ids: list[str], evaluation_id: str) -> dict[str, str]:
             reliability_plot(
                 scores["reliability"], f"{version}: P(close up) calibration", Path(folder) / "reliability.png"
             )
+            horizons = scores["horizons"]
+            band = f"{horizons[0]['nominal']:.0%}" if horizons else "quantile"
+            horizon_plot(horizons, f"{version} over {len(scores['runs'])} run(s)", Path(folder) / "horizons.png", band)
+            (Path(folder) / "horizons.json").write_text(json.dumps(horizons, indent=2))
             identity = {"evaluation": evaluation_id, "model": version}
             logged[version] = record_run(
                 mlflow,

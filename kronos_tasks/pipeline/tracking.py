@@ -1,86 +1,183 @@
-"""MLflow records of forecast runs: parameters, pinned versions, metrics, the forecasts and a fan chart."""
+"""MLflow records of forecast runs, as MLflow shows them natively.
+
+One MLflow run per forecast run, named by date, model version and symbol count, with the resolved
+parameters; each symbol's data window as a dataset input (digest = its stored window hash); the
+registered versions' logged models as model inputs, and the run's metrics logged against the model's
+logged model, so that the version's page leads to the runs that used it; a description with links to the
+versions and the windows; the forecasts, the failures and fan charts as artifacts.
+"""
 
 from __future__ import annotations
 
+import json
 import tempfile
+import time
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric
+from sqlalchemy import select
 
-matplotlib.use("Agg")  # no display on workers
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+from kronos_tasks.forecasting.windows import summary_frame
+from kronos_tasks.registry.mlflow_setup import client, ensure_experiment
+from kronos_tasks.registry.pinned import PinnedPair
+from kronos_tasks.registry.runs import finish_run, start_run
+from kronos_tasks.settings import redact
+from kronos_tasks.storage import instrument, read_bars, run_windows, update_run
+from kronos_tasks.storage.models import Forecast, ForecastWindow
 
-from kronos_tasks.forecasting.windows import summary_frame  # noqa: E402
-from kronos_tasks.registry.mlflow_setup import client, ensure_experiment  # noqa: E402
-from kronos_tasks.registry.runs import record_run  # noqa: E402
-from kronos_tasks.storage import read_bars, update_run  # noqa: E402
-from kronos_tasks.storage.models import Forecast  # noqa: E402
+from . import runtime
+from .payloads import RunPlan, RunSummary
 
-from . import runtime  # noqa: E402
-from .payloads import RunPlan, RunSummary  # noqa: E402
-
-FAN_CHART_SYMBOLS = 4
+CHARTED_SYMBOLS = 50  # one chart per symbol up to this many; the overview shows the first few
+OVERVIEW_SYMBOLS = 4
 HISTORY_SHOWN = 60
+DESCRIBED_WINDOWS = 30  # rows of the window table in the run's description (the datasets list every one)
+DATASET_BATCH = 100
+DIGEST_CHARS = 32  # MLflow keeps dataset digests of up to 36 characters: the first 128 bits of the SHA-256
+DATASET_SCHEMA = json.dumps(
+    {
+        "mlflow_colspec": [{"name": "ts", "type": "datetime"}]
+        + [{"name": n, "type": "double"} for n in ("open", "high", "low", "close", "volume", "amount")]
+    }
+)
 
 
-def _forecast_frame(run_id: str) -> pd.DataFrame:
-    columns = [c for c in Forecast.__table__.columns]
+def _forecast_frame(run_id: str, symbols: list[str] | None = None, feature: str | None = None) -> pd.DataFrame:
+    query = select(*Forecast.__table__.columns).where(Forecast.run_id == run_id)
+    if symbols is not None:
+        query = query.where(Forecast.symbol.in_(symbols))
+    if feature is not None:
+        query = query.where(Forecast.feature == feature)
     with runtime.engine().connect() as connection:
-        rows = (
-            connection.execute(
-                select(*columns)
-                .where(Forecast.run_id == run_id)
-                .order_by(Forecast.symbol, Forecast.feature, Forecast.step)
-            )
-            .mappings()
-            .all()
-        )
+        rows = connection.execute(query.order_by(Forecast.symbol, Forecast.feature, Forecast.step)).mappings().all()
     return summary_frame([dict(r) for r in rows])
 
 
-def fan_chart(frame: pd.DataFrame, path: Path, symbols: list[str], interval_of: dict[str, str]) -> None:
-    """Close: recent history, forecast mean and the band between the lowest and highest quantile."""
-    shown = symbols[:FAN_CHART_SYMBOLS]
-    figure, axes = plt.subplots(len(shown), 1, figsize=(9, 2.8 * len(shown)), squeeze=False)
-    for axis, symbol in zip(axes[:, 0], shown):
-        close = frame[(frame["symbol"] == symbol) & (frame["feature"] == "close")].sort_values("step")
-        history = read_bars(
-            runtime.engine(), symbol, interval_of[symbol], end=close["origin_ts"].iloc[0], limit=HISTORY_SHOWN
+def run_name(run: RunPlan, symbols: int) -> str:
+    """``2024-08-28 21:30 UTC · kronos-model v3 · 2 symbols``: what tells runs apart in a list."""
+    when = pd.Timestamp(run.origin).tz_convert("UTC")
+    label = f"{when:%Y-%m-%d %H:%M} UTC · {run.pinned.model_name} v{run.pinned.model_version} · {symbols} symbols"
+    return label + ("" if run.pinned.trained else " · UNTRAINED")
+
+
+def version_link(name: str, version: str) -> str:
+    """A markdown link to a registered version's page in the MLflow UI."""
+    return f"[{name} v{version}](#/models/{name}/versions/{version})"
+
+
+def dataset_inputs(windows: list[ForecastWindow], db_url: str) -> list[DatasetInput]:
+    """One MLflow dataset per symbol: the stored bars its forecast read."""
+    inputs = []
+    for w in windows:
+        source = {"database": redact(db_url), "table": "bars", "symbol": w.symbol, "interval": w.interval}
+        profile = {
+            "num_rows": w.bars,
+            "first_bar": w.first_ts.isoformat(),
+            "last_bar": w.last_ts.isoformat(),
+            "sha256": w.sha256,
+        }
+        dataset = Dataset(
+            name=f"{w.symbol}:{w.interval}",
+            digest=w.sha256[:DIGEST_CHARS],
+            source_type="kronos-bars",
+            source=json.dumps(source),
+            schema=DATASET_SCHEMA,
+            profile=json.dumps(profile),
         )
-        axis.plot(range(-len(history) + 1, 1), history["close"], color="black", lw=1, label="history")
-        q_columns = sorted((c for c in close.columns if c.startswith("q")), key=lambda c: float(c[1:]))
-        if len(q_columns) >= 2:
-            axis.fill_between(
-                close["step"],
-                close[q_columns[0]],
-                close[q_columns[-1]],
-                alpha=0.3,
-                label=f"{q_columns[0][1:]}-{q_columns[-1][1:]} quantiles",
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", "forecast")]))
+    return inputs
+
+
+def describe(run: RunPlan, summary: RunSummary, windows: list[ForecastWindow], device: str) -> str:
+    """The run's description in markdown: what ran with which weights and data, with links."""
+    pair = run.pinned
+    lines = [
+        f"Daily forecast `{run.run_id}`: {summary.symbols_ok} symbol(s) forecast, {summary.symbols_failed} failed "
+        f"({summary.status}).",
+        "",
+        f"- model {version_link(pair.model_name, pair.model_version)} (sha256 `{pair.model_sha256[:12]}`), "
+        f"tokenizer {version_link(pair.tokenizer_name, pair.tokenizer_version)}"
+        + (f", via @{pair.alias}" if pair.alias else ""),
+        f"- seed {run.seed}, {run.params.sample_count} sample paths, lookback {run.params.lookback}, "
+        f"pred_len {run.params.pred_len}, on {device} in float32",
+    ]
+    if pair.warning:
+        lines.append(f"- **{pair.warning}**")
+    if windows:
+        lines += [
+            "",
+            "| symbol | first bar | last bar (origin) | bars | window sha256 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for w in windows[:DESCRIBED_WINDOWS]:
+            lines.append(
+                f"| {w.symbol}:{w.interval} | {w.first_ts:%Y-%m-%d %H:%M} | {w.last_ts:%Y-%m-%d %H:%M} | {w.bars} | "
+                f"`{w.sha256[:16]}` |"
             )
-        axis.plot(close["step"], close["mean"], color="tab:blue", lw=1.5, label="mean")
-        # parse_math=False: a "$" in a symbol name is text, not the start of a formula.
-        axis.set_title(f"{symbol} close ({interval_of[symbol]} bars)", parse_math=False)
-        axis.legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel("bars after the forecast origin")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+        if len(windows) > DESCRIBED_WINDOWS:
+            lines.append(f"\n{len(windows) - DESCRIBED_WINDOWS} more in Datasets.")
+    lines.append("\nReproduce: `kronos-flow replay " + run.run_id + "`")
+    return "\n".join(lines)
+
+
+def provenance(run: RunPlan):
+    from .charts import Provenance
+
+    when = pd.Timestamp(run.origin).tz_convert("UTC")
+    pair = run.pinned
+    return Provenance(f"run {when:%Y-%m-%d %H:%M} UTC", f"{pair.model_name} v{pair.model_version}", pair.warning)
+
+
+def fan_inputs(run_id: str, windows: list[ForecastWindow]):
+    """Chart inputs for ``windows``' symbols: close history up to each origin and the close forecast."""
+    from .charts import FanInput
+
+    engine = runtime.engine()
+    frame = _forecast_frame(run_id, [w.symbol for w in windows], "close")
+    fans = []
+    for w in windows:
+        rows = frame[frame["symbol"] == w.symbol]
+        if rows.empty:
+            continue
+        stored = instrument(engine, w.symbol, w.interval)
+        history = read_bars(engine, w.symbol, w.interval, end=w.last_ts, limit=HISTORY_SHOWN)
+        timezone = stored.timezone if stored is not None else "UTC"
+        fans.append(FanInput(w.symbol, w.interval, timezone, history, rows))
+    return fans
+
+
+def write_charts(run: RunPlan, windows: list[ForecastWindow], folder: Path) -> None:
+    """``fan_chart.png`` (the first symbols) and ``charts/<symbol>_<interval>.png`` for up to CHARTED_SYMBOLS."""
+    from .charts import fan_chart, overview
+
+    fans = fan_inputs(run.run_id, windows[:CHARTED_SYMBOLS])
+    if not fans:
+        return
+    about = provenance(run)
+    overview(fans[:OVERVIEW_SYMBOLS], about, folder / "fan_chart.png", total=len(windows))
+    (folder / "charts").mkdir()
+    for fan in fans:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in fan.symbol)
+        fan_chart(fan, about, folder / "charts" / f"{safe}_{fan.interval}.png")
 
 
 def log_run(run: RunPlan, summary: RunSummary) -> str:
     """One MLflow run per forecast run (earlier attempts of the same run are deleted) -> its run id."""
     settings = runtime.settings()
+    engine = runtime.engine()
     mlflow = client(settings)
     experiment = ensure_experiment(mlflow, settings.mlflow_experiment, settings.mlflow_artifact_root)
-    pair = run.pinned
+    pair: PinnedPair = run.pinned
+    windows = run_windows(engine, run.run_id)
+    device = ",".join(summary.devices) or settings.device
     params = {
         **run.params.to_dict(),
-        "origin": run.origin,
+        "logical_date": run.origin,
         **pair.audit_fields(),
         "symbols": summary.symbols_ok + summary.symbols_failed,
-        "device": ",".join(summary.devices) or settings.device,
+        "device": device,
+        "dtype": "float32",
     }
     metrics = {
         "symbols_ok": summary.symbols_ok,
@@ -99,29 +196,37 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
         "model_alias": pair.alias,
         "trained_model": str(pair.trained).lower(),
         "status": summary.status,
+        "mlflow.note.content": describe(run, summary, windows, device),
     }
-    frame = _forecast_frame(run.run_id)
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder)
-        frame.to_csv(out / "forecasts.csv", index=False)
-        failures = pd.DataFrame(
-            [{"symbol": s, "stage": f.stage, "reason": f.reason} for s, f in summary.failures.items()],
-            columns=["symbol", "stage", "reason"],
-        )
-        failures.to_csv(out / "failures.csv", index=False)
-        if not frame.empty:
-            intervals = dict(zip(frame["symbol"], frame["interval"]))
-            fan_chart(frame, out / "fan_chart.png", sorted(intervals), intervals)
-        run_id = record_run(
-            mlflow,
-            experiment,
-            run.run_id,
-            tags=tags,
-            params=params,
-            metrics=metrics,
-            artifacts=out,
-            failed=summary.status == "failed",
-            replaces={"run_id": run.run_id},
-        )
-    update_run(runtime.engine(), run.run_id, mlflow_run_id=run_id)
+    name = run_name(run, summary.symbols_ok + summary.symbols_failed)
+    run_id = start_run(mlflow, experiment, name, tags, replaces={"run_id": run.run_id})
+    try:
+        models = [LoggedModelInput(i) for i in (pair.model_logged_id, pair.tokenizer_logged_id) if i]
+        datasets = dataset_inputs(windows, settings.db_url)
+        for start in range(0, max(len(datasets), 1), DATASET_BATCH):
+            mlflow.log_inputs(run_id, datasets=datasets[start : start + DATASET_BATCH], models=models)
+            models = []
+        if pair.model_logged_id:
+            # Metrics logged against the logged model list this run on its page (reached from the version's).
+            now = int(time.time() * 1000)
+            linked = [
+                Metric(k, float(v), now, 0, model_id=pair.model_logged_id)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and v == v
+            ]
+            mlflow.log_batch(run_id, metrics=linked)
+            metrics = {}
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder)
+            _forecast_frame(run.run_id).to_csv(out / "forecasts.csv", index=False)
+            pd.DataFrame(
+                [{"symbol": s, "stage": f.stage, "reason": f.reason} for s, f in sorted(summary.failures.items())],
+                columns=["symbol", "stage", "reason"],
+            ).to_csv(out / "failures.csv", index=False)
+            write_charts(run, windows, out)
+            finish_run(mlflow, run_id, params, metrics, out, failed=summary.status == "failed")
+    except Exception:
+        mlflow.set_terminated(run_id, "FAILED")
+        raise
+    update_run(engine, run.run_id, mlflow_run_id=run_id)
     return run_id

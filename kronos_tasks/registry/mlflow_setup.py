@@ -6,6 +6,7 @@ import base64
 import urllib.error
 import urllib.request
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -46,6 +47,10 @@ def client(settings: Settings) -> MlflowClient:
         check_reachable(settings.mlflow_registry_uri)
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         settings.home.mkdir(parents=True, exist_ok=True)
+    # MLflow's SQL registry resolves a ``models:/<logged model id>`` source with the process's default
+    # tracking URI, not the client's: both point at the configured store.
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_registry_uri)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 

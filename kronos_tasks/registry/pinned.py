@@ -23,6 +23,9 @@ class PinnedPair:
     max_context: int
     alias: str | None = None
     trained: bool = True
+    model_logged_id: str | None = None  # MLflow 3 logged models behind the versions (None: registered before)
+    tokenizer_logged_id: str | None = None
+    note: str | None = None  # a warning registered with the version, e.g. "demonstration model"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -30,6 +33,13 @@ class PinnedPair:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PinnedPair:
         return cls(**values)
+
+    @property
+    def warning(self) -> str | None:
+        """What a reader of this pair's forecasts must know about its weights, if anything."""
+        if not self.trained:
+            return "UNTRAINED model: random weights, its forecasts are noise"
+        return self.note
 
     @property
     def label(self) -> str:

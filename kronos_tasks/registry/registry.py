@@ -1,28 +1,30 @@
 """Versioned tokenizer and model pairs in the MLflow Model Registry.
 
-A registration logs both checkpoint folders (config.json + model.safetensors, unchanged) as artifacts
-of one MLflow run and creates a version of ``kronos-tokenizer`` (reused when an identical one exists)
-and of ``kronos-model``. Versions carry the SHA-256 of their files, their architecture and, for a
-model, the tokenizer version it pairs with. An alias (``champion`` by default) points at the model
-version forecasts use; every move of an alias is recorded on the registered model (tag
-``kronos.alias_history.<alias>``, shown on its page in the MLflow UI) and as an MLflow run in the
-``kronos-registry`` experiment, so a rollback knows the previous holder.
+A registration is one MLflow run in the ``kronos-registry`` experiment that logs each checkpoint folder
+(config.json + model.safetensors, unchanged) as an MLflow 3 logged model and registers it as a version
+of ``kronos-tokenizer`` (reused when an identical one exists) or ``kronos-model`` with the source
+``models:/<model id>``: the version page links to its logged model, and the logged model's page lists
+the runs that used it (forecast runs log their metrics against it). Versions carry the SHA-256 of their
+files, their architecture and, for a model, the tokenizer version it pairs with. An alias (``champion``
+by default) points at the model version forecasts use; every move of an alias is an MLflow run in
+``kronos-registry`` (the record a rollback reads) and a row of the table in the registered model's
+description, where the MLflow UI shows it.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
+from mlflow.entities import LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -38,9 +40,14 @@ from .pinned import PinnedPair
 from .runs import TAG_PREFIX, finish_run, record_run, start_run
 
 REGISTRY_EXPERIMENT = "kronos-registry"
-HISTORY_TAG = TAG_PREFIX + "alias_history."
-HISTORY_LIMIT = 4500  # characters; MLflow tag values hold 5000
+LEGACY_HISTORY_TAG = TAG_PREFIX + "alias_history."  # raw JSON kept by earlier releases; removed on the next move
+HISTORY_RUNS = 500  # the most alias moves read back per alias
+HISTORY_SHOWN = 20  # moves per alias in the registered model's description
 DEFAULT_MAX_CONTEXT = 512
+MODEL_DESCRIPTIONS = {
+    "tokenizer": "Kronos tokenizers (BSQ), safetensors + JSON.",
+    "model": "Kronos predictors, safetensors + JSON.",
+}
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,16 @@ def _tags(version: ModelVersion) -> dict[str, str]:
     return {k[len(TAG_PREFIX) :]: v for k, v in (version.tags or {}).items() if k.startswith(TAG_PREFIX)}
 
 
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The MLflow 3 logged model a version was registered from (None for versions registered before)."""
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def _flat_params(values: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in values.items() if isinstance(v, (str, int, float, bool))}
+
+
 def _ensure_registered_model(mlflow_client: MlflowClient, name: str, description: str) -> None:
     try:
         mlflow_client.get_registered_model(name)
@@ -137,11 +154,13 @@ class Registry:
         description: str = "",
         reason: str = "registered",
         lineage: dict[str, str] | None = None,
+        note: str | None = None,
     ) -> PinnedPair:
         """Register a tokenizer and a model from local checkpoint folders; optionally point ``alias`` at the model.
 
         ``lineage`` (for example the base versions, data window and training run of a fine-tuned pair) is
-        added to the model version's tags under ``kronos.lineage.``.
+        added to the model version's tags under ``kronos.lineage.``; ``note`` (a short warning such as
+        "demonstration model") is shown wherever the version's forecasts are (charts, CLI).
         """
         tokenizer_dir, model_dir = Path(tokenizer_dir), Path(model_dir)
         tokenizer_values, tokenizer_tags = _describe("tokenizer", tokenizer_dir)
@@ -172,33 +191,35 @@ class Registry:
             },
         )
         try:
-            self.client.log_artifacts(run_id, str(tokenizer_dir), "tokenizer")
-            self.client.log_artifacts(run_id, str(model_dir), "model")
-            artifact_uri = self.client.get_run(run_id).info.artifact_uri
-            _ensure_registered_model(self.client, self.tokenizer_name, "Kronos tokenizers (BSQ), safetensors + JSON.")
-            _ensure_registered_model(self.client, self.model_name, "Kronos predictors, safetensors + JSON.")
-            tokenizer = self._find_tokenizer(tokenizer_tags["sha256"]) or self.client.create_model_version(
+            _ensure_registered_model(self.client, self.tokenizer_name, MODEL_DESCRIPTIONS["tokenizer"])
+            _ensure_registered_model(self.client, self.model_name, MODEL_DESCRIPTIONS["model"])
+            tokenizer = self._find_tokenizer(tokenizer_tags["sha256"]) or self._create_version(
                 self.tokenizer_name,
-                source=f"{artifact_uri}/tokenizer",
-                run_id=run_id,
-                tags=_prefixed({**tokenizer_tags, "trained": str(trained).lower()}),
-                description=description,
+                tokenizer_dir,
+                experiment,
+                run_id,
+                tokenizer_values,
+                _prefixed({**tokenizer_tags, "trained": str(trained).lower()}),
+                description,
             )
-            model = self.client.create_model_version(
+            model = self._create_version(
                 self.model_name,
-                source=f"{artifact_uri}/model",
-                run_id=run_id,
-                tags=_prefixed(
+                model_dir,
+                experiment,
+                run_id,
+                model_values,
+                _prefixed(
                     {
                         **model_tags,
                         "trained": str(trained).lower(),
                         "max_context": str(max_context),
                         "tokenizer_name": self.tokenizer_name,
                         "tokenizer_version": str(tokenizer.version),
+                        **({"note": note} if note else {}),
                         **{f"lineage.{k}": str(v) for k, v in (lineage or {}).items()},
                     }
                 ),
-                description=description,
+                description,
             )
             finish_run(
                 self.client, run_id, params={"model_version": model.version, "tokenizer_version": tokenizer.version}
@@ -210,6 +231,35 @@ class Registry:
             self.promote(model.version, alias, reason=reason)
             return self.resolve(f"{self.model_name}@{alias}")
         return self.resolve(f"{self.model_name}/{model.version}")
+
+    def _create_version(
+        self,
+        name: str,
+        folder: Path,
+        experiment: str,
+        run_id: str,
+        config: dict,
+        tags: dict[str, str],
+        description: str,
+    ) -> ModelVersion:
+        """A logged model holding ``folder`` (the registration run is its source), registered as a version."""
+        logged = self.client.create_logged_model(
+            experiment, name=name, source_run_id=run_id, params=_flat_params(config), tags=tags
+        )
+        try:
+            self.client.log_model_artifacts(logged.model_id, str(folder))
+        except Exception:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        return self.client.create_model_version(
+            name,
+            source=f"models:/{logged.model_id}",
+            run_id=run_id,
+            tags=tags,
+            description=description,
+            model_id=logged.model_id,
+        )
 
     def _find_tokenizer(self, sha256: str) -> ModelVersion | None:
         """An existing tokenizer version with exactly these weights (tokenizers are shared by models)."""
@@ -272,6 +322,9 @@ class Registry:
             max_context=int(tags.get("max_context", DEFAULT_MAX_CONTEXT)),
             alias=alias,
             trained=tags.get("trained", "true") == "true",
+            model_logged_id=logged_model_id(model),
+            tokenizer_logged_id=logged_model_id(tokenizer),
+            note=tags.get("note"),
         )
 
     def _download(self, version: ModelVersion) -> Path:
@@ -284,11 +337,11 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
         try:
             try:
+                # The version's storage location (a logged model's artifacts, or a run's for older versions).
+                location = self.client.get_model_version_download_uri(version.name, version.version)
                 fetched = Path(
                     download_artifacts(
-                        artifact_uri=version.source,
-                        dst_path=str(staging),
-                        tracking_uri=self.settings.mlflow_tracking_uri,
+                        artifact_uri=location, dst_path=str(staging), tracking_uri=self.settings.mlflow_tracking_uri
                     )
                 )
             except (MlflowException, OSError) as exc:
@@ -333,12 +386,44 @@ class Registry:
             return None
 
     def history(self, alias: str) -> list[Move]:
-        try:
-            model = self.client.get_registered_model(self.model_name)
-        except MlflowException:
-            return []
-        raw = (model.tags or {}).get(HISTORY_TAG + alias)
-        return [Move(**entry) for entry in json.loads(raw)] if raw else []
+        """Every recorded move of ``alias`` (the latest ``HISTORY_RUNS``), oldest first."""
+        return self._moves(alias).get(alias, [])
+
+    def _moves(self, alias: str | None = None) -> dict[str, list[Move]]:
+        """Alias moves of the model from the ``kronos-registry`` runs, per alias, oldest first."""
+        experiment = self.client.get_experiment_by_name(REGISTRY_EXPERIMENT)
+        if experiment is None:
+            return {}
+        wanted = f"params.model_name = '{self.model_name}'" + (f" and params.alias = '{alias}'" if alias else "")
+        runs = self.client.search_runs(
+            [experiment.experiment_id], wanted, max_results=HISTORY_RUNS, order_by=["attributes.start_time DESC"]
+        )
+        moves: dict[str, list[Move]] = {}
+        for run in reversed(runs):
+            p = run.data.params
+            moves.setdefault(p["alias"], []).append(
+                Move(p["at"], p["actor"], p["action"], p["from_version"] or None, p["to_version"], p["reason"])
+            )
+        return moves
+
+    def _describe_history(self) -> None:
+        """The registered model's description: what it holds, and a table of each alias's latest moves."""
+        lines = [MODEL_DESCRIPTIONS["model"], ""]
+        for alias, moves in sorted(self._moves().items()):
+            lines += [
+                f"**@{alias}**: moves, newest first (`kronos-flow models` lists them too)",
+                "",
+                "| when (UTC) | action | from | to | by | reason |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for m in reversed(moves[-HISTORY_SHOWN:]):
+                cells = [m.at, m.action, m.from_version or "-", m.to_version, m.by, m.reason]
+                lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+            lines.append("")
+        self.client.update_registered_model(self.model_name, description="\n".join(lines))
+        legacy = self.client.get_registered_model(self.model_name).tags or {}
+        for key in [k for k in legacy if k.startswith(LEGACY_HISTORY_TAG)]:
+            self.client.delete_registered_model_tag(self.model_name, key)
 
     def _move(self, alias: str, to_version: str, action: str, reason: str, actor: str | None) -> Move:
         previous = self.holder(alias)
@@ -351,10 +436,6 @@ class Registry:
             to_version=str(to_version),
             reason=reason,
         )
-        entries = [asdict(m) for m in self.history(alias)] + [asdict(move)]
-        while len(json.dumps(entries)) > HISTORY_LIMIT and len(entries) > 1:
-            entries.pop(0)
-        self.client.set_registered_model_tag(self.model_name, HISTORY_TAG + alias, json.dumps(entries))
         experiment = ensure_experiment(self.client, REGISTRY_EXPERIMENT, self.settings.mlflow_artifact_root)
         record_run(
             self.client,
@@ -372,6 +453,7 @@ class Registry:
                 "at": move.at,
             },
         )
+        self._describe_history()
         return move
 
     def promote(

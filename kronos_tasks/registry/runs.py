@@ -22,8 +22,9 @@ TAG_PREFIX = "kronos."
 
 
 def tag_key(name: str) -> str:
-    """The MLflow tag key of a kronos-flow tag (``run_id`` -> ``kronos.run_id``)."""
-    return name if name.startswith(TAG_PREFIX) else TAG_PREFIX + name
+    """The MLflow tag key of a kronos-flow tag (``run_id`` -> ``kronos.run_id``); MLflow's own tags
+    (``mlflow.note.content``, the run's description) keep their names."""
+    return name if name.startswith((TAG_PREFIX, "mlflow.")) else TAG_PREFIX + name
 
 
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:

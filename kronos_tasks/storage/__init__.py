@@ -9,6 +9,7 @@ from .runs import (
     persist_run,
     record_decision,
     run_failures,
+    run_windows,
     stage_forecasts,
     update_run,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "instrument",
     "list_runs",
     "run_failures",
+    "run_windows",
     "make_engine",
     "persist_run",
     "read_bars",

@@ -168,6 +168,36 @@ class StagedForecast(Base):
     staged_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class ForecastWindow(Base):
+    """The stored bars one symbol's forecast read: first and last bar (its origin), count and SHA-256."""
+
+    __tablename__ = "forecast_windows"
+    run_id: Mapped[str] = mapped_column(
+        String(250), ForeignKey("forecast_runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16))
+    first_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    bars: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))  # hashing.frame_sha256 of ts + the six features
+
+
+class StagedWindow(Base):
+    """Windows staged by a forecast batch task, moved to ``forecast_windows`` with the run's forecasts."""
+
+    __tablename__ = "staged_windows"
+    run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    batch: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16))
+    first_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    bars: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    staged_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class SymbolFailure(Base):
     """A symbol a run could not forecast, and why."""
 

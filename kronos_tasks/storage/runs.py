@@ -10,23 +10,46 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from .db import insert_rows, upsert
-from .models import Forecast, ForecastRun, ForecastScore, ModelDecision, StagedForecast, SymbolFailure
+from .models import (
+    Forecast,
+    ForecastRun,
+    ForecastScore,
+    ForecastWindow,
+    ModelDecision,
+    StagedForecast,
+    StagedWindow,
+    SymbolFailure,
+)
 
 FORECAST_COLUMNS = [c.name for c in Forecast.__table__.columns]
+STAGING = ((StagedForecast, Forecast), (StagedWindow, ForecastWindow))  # (staging table, the run's table)
 
 
-def stage_forecasts(engine: Engine, run_id: str, batch: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Write one batch's forecast rows to staging, replacing what an earlier attempt of the batch staged."""
+def stage_forecasts(
+    engine: Engine,
+    run_id: str,
+    batch: str,
+    rows: Sequence[dict[str, Any]],
+    windows: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Write one batch's forecast rows and their windows to staging, replacing what an earlier attempt of
+    the batch staged."""
     now = datetime.now(timezone.utc)
     with engine.begin() as connection:
-        connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id, StagedForecast.batch == batch))
-        insert_rows(connection, StagedForecast.__table__, [{**row, "batch": batch, "staged_at": now} for row in rows])
+        for staged, values in ((StagedForecast, rows), (StagedWindow, windows)):
+            connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
+            insert_rows(
+                connection,
+                staged.__table__,
+                [{**v, "run_id": run_id, "batch": batch, "staged_at": now} for v in values],
+            )
 
 
 def clear_staging(engine: Engine, run_id: str) -> None:
     """Forget everything staged for ``run_id`` (at the start of a run, so a re-run starts clean)."""
     with engine.begin() as connection:
-        connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id))
+        for staged, _ in STAGING:
+            connection.execute(delete(staged).where(staged.run_id == run_id))
 
 
 def persist_run(
@@ -41,14 +64,14 @@ def persist_run(
     run_id = run["run_id"]
     with engine.begin() as connection:
         upsert(connection, ForecastRun.__table__, [run], ["run_id"])
-        for table in (Forecast, SymbolFailure, ForecastScore):
+        for table in (Forecast, ForecastWindow, SymbolFailure, ForecastScore):
             connection.execute(delete(table).where(table.run_id == run_id))
         if forecasts is None:
-            staged = select(*(getattr(StagedForecast, name) for name in FORECAST_COLUMNS)).where(
-                StagedForecast.run_id == run_id
-            )
-            connection.execute(Forecast.__table__.insert().from_select(FORECAST_COLUMNS, staged))
-            connection.execute(delete(StagedForecast).where(StagedForecast.run_id == run_id))
+            for staged, table in STAGING:
+                columns = [c.name for c in table.__table__.columns]
+                rows = select(*(getattr(staged, name) for name in columns)).where(staged.run_id == run_id)
+                connection.execute(table.__table__.insert().from_select(columns, rows))
+                connection.execute(delete(staged).where(staged.run_id == run_id))
             written = connection.execute(
                 select(func.count()).select_from(Forecast).where(Forecast.run_id == run_id)
             ).scalar_one()
@@ -74,6 +97,13 @@ def list_runs(engine: Engine, limit: int = 20, kind: str | None = None) -> list[
     query = select(ForecastRun).order_by(ForecastRun.started_at.desc()).limit(limit)
     if kind:
         query = query.where(ForecastRun.kind == kind)
+    with Session(engine) as session:
+        return list(session.scalars(query))
+
+
+def run_windows(engine: Engine, run_id: str) -> list[ForecastWindow]:
+    """The data windows of a run's forecast symbols, by symbol."""
+    query = select(ForecastWindow).where(ForecastWindow.run_id == run_id).order_by(ForecastWindow.symbol)
     with Session(engine) as session:
         return list(session.scalars(query))
 
