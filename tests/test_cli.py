@@ -49,7 +49,7 @@ def test_register_promote_resolve_in_another_process_and_roll_back(home, tmp_pat
     version, tokenizer_version, sha, layers = resolved.stdout.split()
     assert (version, tokenizer_version, layers) == ("1", "1", "2") and len(sha) == 64
     forecast = tmp_path / "forecast.csv"
-    cli(
+    made = cli(
         home,
         "forecast",
         SAMPLE_DATA / "a_share_5min.csv",
@@ -64,6 +64,14 @@ def test_register_promote_resolve_in_another_process_and_roll_back(home, tmp_pat
         "--model",
         "champion",
     )
+    assert "kronos-model v1, seed " in made.stdout and "4 sample paths" in made.stdout
+    assert "WARNING: UNTRAINED model" in made.stderr
+    import json
+
+    record = json.loads(Path(f"{forecast}.json").read_text())
+    assert record["weights"]["model_version"] == "1" and record["weights"]["model_sha256"] == sha
+    assert record["params"]["pred_len"] == 12 and record["warning"].startswith("UNTRAINED")
+    assert record["windows"]["a_share"]["last_ts"].startswith("2024-08-29")
     frame = pd.read_csv(forecast)
     assert len(frame) == 12 and {"close", "close_q0.1", "close_q0.9", "target_local"} <= set(frame.columns)
     assert frame["target_local"].iloc[0] == "2024-08-29 13:05:00"  # after the lunch break
@@ -243,11 +251,54 @@ def test_fetch_backfills_from_since_then_resumes_and_names_what_failed(home, tmp
 
 
 @pytest.mark.slow
-def test_demo_registers_the_bundled_trained_pair_and_forecasts(home):
+def test_demo_is_quiet_prints_working_commands_and_its_run_replays_exactly(home, tmp_path):
+    import shlex
+    import sqlite3
+
     result = cli(home, "demo", "--date", "2024-08-28")
+    lines = result.stdout.splitlines()
     assert "DEMONSTRATION pair" in result.stdout and "not a published Kronos checkpoint" in result.stdout
     assert "symbol(s) forecast, 0 failed" in result.stdout
+    # One screen: progress per step and task and a summary; Airflow's log is in the file it names.
+    assert len(lines) <= 25 and not any("[info" in line or "[error" in line for line in lines), result.stdout
+    for task in ("plan", "ingest[0]", "forecast[0]", "persist", "log_to_mlflow", "finish"):
+        assert any(line.strip().startswith(f"{task} ") and line.endswith(" s") for line in lines), task
+    log = Path(home["KRONOS_HOME"]) / "logs" / "demo-2024-08-28.log"
+    assert "[DAG TEST] end task task_id=finish" in log.read_text()
+    assert "[error" not in log.read_text()  # nothing error-level on a successful run
+    # The run's start is when it started, not its logical date (dag.test records the latter).
+    with sqlite3.connect(Path(home["KRONOS_HOME"]) / "airflow" / "airflow.db") as airflow_db:
+        (started,) = airflow_db.execute("SELECT start_date FROM dag_run").fetchone()
+    assert started.startswith(str(pd.Timestamp.now("UTC").year))
     models = cli(home, "models").stdout
     assert "UNTRAINED" not in models
     again = cli(home, "demo", "--date", "2024-08-28")  # idempotent: the same version, the run replaced
-    assert "using kronos-model version 1" in again.stdout
+    assert "model: kronos-model v1 (@champion) (demonstration model" in again.stdout
+
+    # The replay command works as printed, from a fresh shell, and reproduces the run bit for bit.
+    command = next(line for line in again.stdout.splitlines() if " replay " in line).split("replay   ", 1)[1]
+    bare = {k: v for k, v in home.items() if k not in ("KRONOS_HOME", "PATH")} | {"PATH": "/usr/bin:/bin"}
+    replayed = subprocess.run(["bash", "-c", command], env=bare, capture_output=True, text=True, timeout=600)
+    assert replayed.returncode == 0 and "2 of 2 symbol(s) reproduce the stored forecast exactly" in replayed.stdout
+    run_id = shlex.split(command)[-1]
+
+    # A bar changed inside GOOG's window is reported as a data change, not as a model difference.
+    with sqlite3.connect(Path(home["KRONOS_HOME"]) / "kronos.db") as forecasts_db:
+        forecasts_db.execute(
+            "UPDATE bars SET close = close * 1.01 WHERE symbol = 'GOOG' AND ts = "
+            "(SELECT last_ts FROM forecast_windows WHERE symbol = 'GOOG')"
+        )
+    changed = cli(home, "replay", run_id, ok=False)
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert "GOOG:1d       data changed: the stored bars from 2012-" in changed.stdout
+    assert "not the model" in changed.stdout and "a_share:5min  exact" in changed.stdout
+
+    # Another model's replay differs, and says it is the weights.
+    cli(home, "random-pair", tmp_path / "other", "--seed", "5")
+    cli(home, "register", "--tokenizer", tmp_path / "other/tokenizer", "--model", tmp_path / "other/model")
+    other = cli(home, "replay", run_id, "--model", "2", ok=False)
+    assert other.returncode == 1 and "OTHER weights" in other.stdout
+    assert (
+        "a_share:5min  differs: 720 values" in other.stdout
+        and "other weights: recorded kronos-model v1" in other.stdout
+    )

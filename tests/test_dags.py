@@ -289,6 +289,12 @@ def test_evaluation_dag_scores_a_past_run(airflow_setup):
             )
         ).scalar_one()
     assert runs and runs[0].data.metrics["points"] == pooled >= 24  # every due run of version 1, pooled
+    listed = {a.path for a in registry.client.list_artifacts(runs[0].info.run_id)}
+    assert {"reliability.png", "horizons.png", "horizons.json"} <= listed
+    horizons = json.loads(
+        Path(registry.client.download_artifacts(runs[0].info.run_id, "horizons.json", str(settings.home))).read_text()
+    )
+    assert [h["step"] for h in horizons] == list(range(1, 25)) and horizons[0]["nominal"] == pytest.approx(0.8)
 
 
 MIXED_WATCHLIST = [

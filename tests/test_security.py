@@ -343,6 +343,12 @@ def test_runs_says_when_a_run_was_not_logged_to_mlflow(kronos_env, capsys):
     assert cmd_runs(argparse.Namespace(limit=5, json=False)) == 0
     shown = capsys.readouterr().out
     assert "MLflow run NOT LOGGED" in shown and "failed GOOG (stale): newest bar is old" in shown
+    for n in range(2, 5):
+        persist_run(engine, run_row(f"r{n}"), None, [])
+    assert cmd_runs(argparse.Namespace(limit=2, json=False)) == 0
+    assert capsys.readouterr().out.count("\n  status ") == 2
+    assert cmd_runs(argparse.Namespace(limit=0, json=False)) == 0  # 0: all of them
+    assert capsys.readouterr().out.count("\n  status ") == 4
 
 
 def test_init_waits_for_the_home_lock_held_by_another_command(tmp_path):

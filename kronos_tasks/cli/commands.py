@@ -219,10 +219,19 @@ def cmd_register(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from kronos_tasks.registry import Registry
+    """Versions, aliases and recent alias moves; read with SQL from a local store (no MLflow import)."""
+    from kronos_tasks.registry.listing import is_sql_store, sql_moves, sql_versions
 
-    registry = Registry(load())
-    rows = registry.versions()
+    settings = load()
+    if is_sql_store(settings.mlflow_registry_uri) and is_sql_store(settings.mlflow_tracking_uri):
+        rows = sql_versions(settings.mlflow_registry_uri, (settings.model_name, settings.tokenizer_name))
+        moves = sql_moves(settings.mlflow_tracking_uri, "kronos-registry", settings.model_name)
+    else:
+        from kronos_tasks.registry import Registry
+
+        registry = Registry(settings)
+        rows = registry.versions()
+        moves = {alias: registry.history(alias) for alias in {a for row in rows for a in row["aliases"]}}
     if not rows:
         print("no versions registered; see `kronos-flow register --help`.")
         return 0
@@ -240,8 +249,8 @@ def cmd_models(args) -> int:
             f"{row['name']:<20} {row['version']:>7}  {','.join('@' + a for a in row['aliases']):<16} "
             f"{row['created']:<26} {tags.get('sha256', '')[:12]:<12} {details}"
         )
-    for alias in sorted({a for row in rows for a in row["aliases"]} | {registry.settings.model_alias}):
-        for move in registry.history(alias)[-5:]:
+    for alias in sorted(moves):
+        for move in moves[alias][-5:]:
             print(
                 f"  @{alias}: {move.at} {move.action} {move.from_version or '-'} -> {move.to_version} by {move.by}: "
                 f"{move.reason}"
@@ -268,10 +277,10 @@ def cmd_rollback(args) -> int:
 def cmd_runs(args) -> int:
     from kronos_tasks.storage import list_runs, run_failures
 
-    if args.limit < 1:
-        raise ParamsError(f"--limit must be at least 1, got {args.limit}.")
+    if args.limit < 0:
+        raise ParamsError(f"--limit must be 0 (all runs) or more, got {args.limit}.")
     engine = _engine()
-    runs = list_runs(engine, limit=args.limit)
+    runs = list_runs(engine, limit=args.limit or None)
     failures = run_failures(engine, [r.run_id for r in runs])
     if args.json:
         rows = [
@@ -344,9 +353,53 @@ def cmd_forecast(args) -> int:
         print(f"dropped {finding}", file=sys.stderr)
     params = done.params
     print(
-        f"wrote {args.out}: {done.model}, seed {params.seed}, {params.sample_count} samples, pred_len {params.pred_len}"
+        f"wrote {args.out}: {done.model}, seed {params.seed}, {params.sample_count} sample paths, pred_len "
+        f"{params.pred_len}, lookback {params.lookback}, on {done.device}\n"
+        f"what made it: {done.provenance}"
     )
+    if done.warning:
+        print(f"WARNING: {done.warning}", file=sys.stderr)
     return 0
+
+
+def cmd_replay(args) -> int:
+    """Replay a stored run and print a verdict per symbol; exit 1 unless every symbol is exact."""
+    from kronos_tasks.pipeline.replay import replay_run
+
+    result = replay_run(args.run_id, model=args.model, device=args.device)
+    recorded, replayed = result.recorded, result.replayed
+    print(f"replay of {result.run_id}")
+    print(
+        f"  recorded: {recorded['model']} (sha256 {recorded['model_sha256'][:12]}), {recorded['tokenizer']}, "
+        f"seed {recorded['seed']}, {recorded['device']} {recorded['dtype']}, kronos-flow {recorded['code_version']}"
+    )
+    same = recorded["model_sha256"] == replayed["model_sha256"]
+    print(
+        f"  replayed: {replayed['model']} (sha256 {replayed['model_sha256'][:12]}"
+        f"{', same weights, checksums verified' if same else ', OTHER weights'}), {replayed['device']} "
+        f"{replayed['dtype']}, kronos-flow {replayed['code_version']}"
+    )
+    width = max(len(f"{s.symbol}:{s.interval}") for s in result.symbols)
+    for s in result.symbols:
+        name = f"{s.symbol}:{s.interval}"
+        if s.verdict == "exact":
+            print(f"  {name:<{width}}  exact: all {s.values} stored values reproduced bit for bit")
+        elif s.verdict == "differs":
+            print(
+                f"  {name:<{width}}  differs: {s.values} values, max abs diff {s.max_abs:.6g}, max rel diff "
+                f"{s.max_rel:.3g}: {s.reason}"
+            )
+        else:
+            print(f"  {name:<{width}}  {s.verdict.replace('_', ' ')}: {s.reason}")
+    exact = sum(s.verdict == "exact" for s in result.symbols)
+    print(f"{exact} of {len(result.symbols)} symbol(s) reproduce the stored forecast exactly.")
+    return 0 if result.exact else 1
+
+
+def cmd_ui(args) -> int:
+    from kronos_tasks.pipeline.ui import run_ui
+
+    return run_ui(args.mlflow_port, None if args.no_airflow else args.airflow_port)
 
 
 def cmd_demo(args) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kronos_tasks.evaluation.backtest import BASELINES
-
 
 def scores(scores: dict[str, Any], label: str) -> str:
     """Backtest scores of the model (named ``label``) and the baselines, one line each."""
+    from kronos_tasks.evaluation.backtest import BASELINES
+
     lines = [f"{scores['origins']} origins, {scores['points']} points (close)"]
     for name in ("model", *BASELINES):
         if name not in scores:

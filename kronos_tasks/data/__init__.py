@@ -1,22 +1,28 @@
-"""Market data: sources, validation, trading calendars."""
+"""Market data: sources, validation, trading calendars.
 
-from .calendars import exchange_timezone, future_timestamps
-from .schema import FEATURES, DataError, Interval, infer_interval
-from .sources import SourceSeries, files_under, read_series
-from .validation import DEFAULT_POLICIES, RULES, Report, validate
+The names below load their modules (and pandas, exchange_calendars) on first use.
+"""
 
-__all__ = [
-    "DEFAULT_POLICIES",
-    "FEATURES",
-    "RULES",
-    "DataError",
-    "Interval",
-    "Report",
-    "SourceSeries",
-    "exchange_timezone",
-    "files_under",
-    "future_timestamps",
-    "infer_interval",
-    "read_series",
-    "validate",
-]
+from __future__ import annotations
+
+from kronos_tasks.lazy import lazy_attributes
+
+_LAZY = {
+    "exchange_timezone": ".calendars",
+    "future_timestamps": ".calendars",
+    "FEATURES": ".schema",
+    "DataError": ".schema",
+    "Interval": ".schema",
+    "infer_interval": ".schema",
+    "SourceSeries": ".sources",
+    "files_under": ".sources",
+    "read_series": ".sources",
+    "DEFAULT_POLICIES": ".rules",
+    "RULES": ".rules",
+    "Report": ".validation",
+    "validate": ".validation",
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = sorted(_LAZY)

@@ -8,8 +8,11 @@ repository's ``dags/`` folder.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from kronos_tasks.settings import Settings
@@ -51,13 +54,56 @@ def ensure_pool(env: dict[str, str], name: str, slots: int) -> None:
     airflow(["pools", "set", name, str(slots), "forecast tasks (kronos-flow)"], env, capture=True)
 
 
+TASK_EVENT = re.compile(r"^(\S+) .*\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")
+
+
+def task_progress(line: str, started: dict[tuple[str, int], datetime]) -> str | None:
+    """A short line when ``line`` (dag.test's log) ends a task: ``forecast[0] 5.7 s``; None for other lines."""
+    match = TASK_EVENT.match(line)
+    if not match:
+        return None
+    stamp, event, task, index = match.group(1), match.group(2), match.group(3), int(match.group(4))
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    key = (task, index)
+    if event == "starting":
+        started[key] = at
+        return None
+    name = task if index < 0 else f"{task}[{index}]"
+    seconds = (at - started.pop(key, at)).total_seconds()
+    return f"{name} {seconds:.1f} s"
+
+
 def test_dag(
-    dag_id: str, logical_date: str, env: dict[str, str], conf: dict | None = None, timeout: float | None = None
+    dag_id: str,
+    logical_date: str,
+    env: dict[str, str],
+    conf: dict | None = None,
+    timeout: float | None = None,
+    log_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``dag_id`` once for ``logical_date`` through ``dag.test()`` in a child process."""
+    """Run ``dag_id`` once for ``logical_date`` through ``dag.test()`` in a child process.
+
+    With ``log_path`` the child's output (Airflow's whole log) goes to that file instead of the terminal,
+    and ``progress`` gets a short line as each task ends.
+    """
     import json
 
     command = [sys.executable, "-m", "kronos_tasks.pipeline.run_dag", dag_id, logical_date]
     if conf:
         command += ["--conf", json.dumps(conf)]
-    return subprocess.run(command, env=env, text=True, timeout=timeout)
+    if log_path is None:
+        return subprocess.run(command, env=env, text=True, timeout=timeout)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started: dict[tuple[str, int], datetime] = {}
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child,
+    ):
+        for line in child.stdout:
+            log.write(line)
+            done = task_progress(line, started)
+            if done and progress:
+                progress(done)
+        child.wait(timeout=timeout)
+    return subprocess.CompletedProcess(command, child.returncode)

@@ -14,7 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from kronos_tasks.errors import ParamsError
-from kronos_tasks.settings import load, redact
+from kronos_tasks.settings import load
 
 from .airflow_env import airflow_environment, ensure_pool, migrate_metadata, test_dag
 
@@ -66,9 +66,22 @@ def sample_lag(settings, at: datetime) -> tuple[int, list[str]]:
     return worst, lines
 
 
+def _command_prefix(settings) -> str:
+    """How to call kronos-flow from a fresh shell: the full path, with KRONOS_HOME when it is not the default."""
+    import os
+    import shlex
+    import sys
+
+    executable = shlex.quote(str(Path(sys.executable).with_name("kronos-flow")))
+    home = os.environ.get("KRONOS_HOME")
+    return f"KRONOS_HOME={shlex.quote(home)} {executable}" if home else executable
+
+
 def run_demo(date: str) -> int:
+    """The daily forecast DAG once on the sample data: a progress line per step and per task, a summary, and
+    commands that work as printed; Airflow's own log goes to a file."""
     from kronos_tasks.registry import Registry
-    from kronos_tasks.storage import list_runs, make_engine, upgrade
+    from kronos_tasks.storage import list_runs, make_engine, run_windows, upgrade
 
     settings = load()
     try:
@@ -78,13 +91,15 @@ def run_demo(date: str) -> int:
     hour, minute = schedule_time(settings.schedule)
     logical = day.replace(hour=hour, minute=minute, tzinfo=ZoneInfo(settings.timezone))
 
-    print(f"[1/4] kronos-flow home {settings.home}: migrating the forecasts database and MLflow store", flush=True)
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    say(f"[1/4] home {settings.home}: forecasts database and MLflow store")
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     upgrade(engine)
     registry = Registry(settings)
 
-    print(f"[2/4] model: resolving {settings.model_name}@{settings.model_alias}", flush=True)
     if registry.holder(settings.model_alias) is None:
         pair = registry.register(
             DEMO_PAIR / "tokenizer",
@@ -97,64 +112,48 @@ def run_demo(date: str) -> int:
             note=DEMO_NOTE,
             lineage=json.loads((DEMO_PAIR / "lineage.json").read_text()),
         )
-        print(
-            f"      NOTE: no model was registered, so the demo registered its bundled DEMONSTRATION pair as "
-            f"{pair.model_name} version {pair.model_version} (@{settings.model_alias}): a tiny model (about "
-            "0.1 M parameters) that `kronos-flow finetune` trained in minutes on the two sample series "
-            "(kronos_tasks/sample_data/demo_pair/README.md has the command). It is not a published Kronos "
-            "checkpoint; register real weights with `kronos-flow register --tokenizer DIR --model DIR --alias "
-            "champion`.",
-            flush=True,
+        say(
+            f"[2/4] model: no model was registered, so the bundled DEMONSTRATION pair is now {pair.model_name} "
+            f"v{pair.model_version} (@{settings.model_alias}):\n"
+            "      a tiny model trained in minutes on the two sample series, not a published Kronos checkpoint"
         )
     else:
         pair = registry.resolve(settings.model_alias)
-        print(
-            f"      using {pair.model_name} version {pair.model_version} with {pair.tokenizer_name} version "
-            f"{pair.tokenizer_version}{'' if pair.trained else ' (UNTRAINED)'}",
-            flush=True,
-        )
+        warning = f" ({pair.warning})" if pair.warning else ""
+        say(f"[2/4] model: {pair.model_name} v{pair.model_version} (@{settings.model_alias}){warning}")
 
     env = airflow_environment(settings)
-    print(
-        f"[3/4] Airflow metadata in {env['AIRFLOW_HOME']}: migrating, creating pool {settings.gpu_pool!r}", flush=True
-    )
     migrate_metadata(env)
     ensure_pool(env, settings.gpu_pool, settings.gpu_pool_slots)
+    say(f"[3/4] Airflow metadata in {env['AIRFLOW_HOME']}, pool {settings.gpu_pool!r}")
 
     conf = {}
     lag, stale = sample_lag(settings, logical)
     if stale:
         conf["max_staleness"] = lag
-        print(
-            f"      NOTE: the sample data is older than the demo date: {'; '.join(stale)}. The demo runs with "
-            f"max_staleness={lag} so that they are forecast anyway; a scheduled run keeps the default and skips "
-            "stale symbols.",
-            flush=True,
+        say(
+            f"      NOTE: the sample data ends before the demo date, so this run allows max_staleness={lag}\n"
+            "      (a scheduled run keeps the default and skips stale symbols)"
         )
-    print(
-        f"[4/4] running {DAG_ID} for {logical.isoformat()} with Airflow's test runner (ingests the sample data "
-        f"from {settings.data_dir})",
-        flush=True,
+    log_path = settings.home / "logs" / f"demo-{logical:%Y-%m-%d}.log"
+    say(f"[4/4] {DAG_ID} for {logical.isoformat()} (Airflow's log: {log_path})")
+    result = test_dag(
+        DAG_ID, logical.isoformat(), env, conf=conf, log_path=log_path, progress=lambda t: say(f"      {t}")
     )
-    result = test_dag(DAG_ID, logical.isoformat(), env, conf=conf)
     runs = list_runs(engine, limit=1)
     if result.returncode != 0 or not runs:
-        print("the demo run failed; the Airflow log above says where.", flush=True)
+        say(f"the demo run failed; {log_path} has Airflow's log (search for ERROR).")
         return 1
     run = runs[0]
-    print(
-        f"\nDone: {run.run_id}: {run.status}, {run.symbols_ok} symbol(s) forecast, {run.symbols_failed} failed,\n"
-        f"  model {run.model_name}/{run.model_version}, tokenizer {run.tokenizer_name}/{run.tokenizer_version}, "
-        f"seed {run.seed}, MLflow run {run.mlflow_run_id}."
+    cli = _command_prefix(settings)
+    windows = run_windows(engine, run.run_id)
+    say(
+        f"\nDone: {run.status}, {run.symbols_ok} symbol(s) forecast, {run.symbols_failed} failed, with "
+        f"{run.model_name} v{run.model_version}, seed {run.seed}"
     )
-    print("\nWhere to look:")
-    print(f"  forecasts database  {redact(settings.db_url)}   (kronos-flow runs)")
-    print(
-        f"  MLflow UI           mlflow ui --backend-store-uri {redact(settings.mlflow_tracking_uri)} --port 5000"
-        "   then open http://127.0.0.1:5000"
-    )
-    print(
-        f"  Airflow UI          AIRFLOW_HOME={env['AIRFLOW_HOME']} AIRFLOW__CORE__DAGS_FOLDER="
-        f"{env['AIRFLOW__CORE__DAGS_FOLDER']} airflow standalone   then open http://127.0.0.1:8080"
-    )
+    say(f"  runs     {cli} runs --limit 1")
+    say(f"  replay   {cli} replay '{run.run_id}'")
+    if windows and run.mlflow_run_id:
+        say(f"  charts   in MLflow run {run.mlflow_run_id}: fan_chart.png, charts/<symbol>_<interval>.png")
+    say(f"  UIs      {cli} ui   (MLflow http://127.0.0.1:5000, Airflow http://127.0.0.1:8080; Ctrl+C stops them)")
     return 0

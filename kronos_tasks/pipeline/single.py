@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from kronos_tasks import __version__
 from kronos_tasks.data import DataError, Interval, exchange_timezone, read_series, validate
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.forecasting.engine import load_predictor
 from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.forecasting.windows import forecast_rows, make_window, predict_windows
+from kronos_tasks.hashing import sha256_file
+from kronos_tasks.model.checkpoint import weights_path
 
 from . import runtime
 
 
 @dataclass(frozen=True)
 class FileForecast:
-    """What ``forecast_file`` did: the parameters resolved for it, what made it, the bars validation dropped."""
+    """What ``forecast_file`` did: the parameters resolved for it, what made it, the bars validation dropped,
+    a warning about the weights (untrained, demonstration) and the provenance file written beside the output."""
 
     params: ForecastParams
     model: str
     dropped: list[str]
+    warning: str | None
+    provenance: Path
+    device: str
 
 
 @dataclass(frozen=True)
@@ -72,11 +81,18 @@ def forecast_file(
     model = params.model or settings.model_alias
     if checkpoints is not None:
         tokenizer_path, model_path, max_context = checkpoints.tokenizer, checkpoints.model, checkpoints.max_context
-        label = f"checkpoints {checkpoints.tokenizer} + {checkpoints.model}"
+        label, warning = f"checkpoints {checkpoints.tokenizer} + {checkpoints.model}", None
+        weights = {
+            "tokenizer_folder": str(checkpoints.tokenizer.resolve()),
+            "tokenizer_sha256": sha256_file(weights_path(checkpoints.tokenizer)),
+            "model_folder": str(checkpoints.model.resolve()),
+            "model_sha256": sha256_file(weights_path(checkpoints.model)),
+        }
     else:
         pair = runtime.registry().resolve(model)
         tokenizer_path, model_path, max_context = pair.tokenizer_path, pair.model_path, pair.max_context
-        label = pair.label
+        label, warning = f"{pair.model_name} v{pair.model_version}", pair.warning
+        weights = pair.audit_fields()
     params = params.resolve(max_context, model, settings.batch_size, seed_key=bars_file.name)
     predictor = load_predictor(tokenizer_path, model_path, max_context, device or settings.device, params.batch_size)
 
@@ -98,4 +114,19 @@ def forecast_file(
     rows = [row for w in windows for row in forecast_rows("cli", w, predicted[w.symbol])]
     out.parent.mkdir(parents=True, exist_ok=True)
     wide_frame(rows, zone).to_csv(out, index=False)
-    return FileForecast(params, label, dropped)
+    provenance = out.with_name(out.name + ".json")
+    record = {
+        "output": str(out.resolve()),
+        "input": {"file": str(bars_file.resolve()), "sha256": sha256_file(bars_file)},
+        "windows": {w.symbol: w.record() for w in windows},
+        "exchange": exchange,
+        "weights": weights,
+        "warning": warning,
+        "params": params.to_dict(),
+        "device": str(predictor.device),
+        "dtype": "float32",
+        "kronos_flow_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    provenance.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return FileForecast(params, label, dropped, warning, provenance, str(predictor.device))

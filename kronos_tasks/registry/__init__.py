@@ -9,7 +9,7 @@ from kronos_tasks.lazy import lazy_attributes
 
 _LAZY = {
     "PinnedPair": ".pinned",
-    "Move": ".registry",
+    "Move": ".listing",
     "Registry": ".registry",
     "RegistryError": ".mlflow_setup",
     "check_reachable": ".mlflow_setup",

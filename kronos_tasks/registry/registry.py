@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from kronos_tasks.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointE
 from kronos_tasks.model.config import ConfigError
 from kronos_tasks.settings import Settings
 
+from .listing import Move
 from .mlflow_setup import RegistryError, client, ensure_experiment
 from .pinned import PinnedPair
 from .runs import TAG_PREFIX, finish_run, record_run, start_run
@@ -48,18 +48,6 @@ MODEL_DESCRIPTIONS = {
     "tokenizer": "Kronos tokenizers (BSQ), safetensors + JSON.",
     "model": "Kronos predictors, safetensors + JSON.",
 }
-
-
-@dataclass(frozen=True)
-class Move:
-    """One move of an alias: who moved it, when, from which version to which, and why."""
-
-    at: str
-    by: str
-    action: str
-    from_version: str | None
-    to_version: str
-    reason: str
 
 
 def identity() -> str:
