@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test stack-test demo bench lint constraints clean
+.PHONY: install test stack-test demo ui screenshots bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ stack-test: install
 
 demo: install
 	$(BIN)/kronos-flow demo
+
+# The MLflow and Airflow UIs of KRONOS_HOME on 127.0.0.1; Ctrl+C stops both.
+ui: install
+	$(BIN)/kronos-flow ui
+
+# docs/screenshots/: the MLflow pages and charts a user audits, taken by headless Chromium (Debian's).
+screenshots: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[screenshots]"
+	$(BIN)/python docs/screenshots.py
 
 bench: install
 	$(BIN)/python bench/decode.py --json bench/results/decode-cpu.json

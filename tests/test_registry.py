@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -53,6 +54,7 @@ def test_register_resolve_promote_and_roll_back(kronos_env, tiny_checkpoints):
     logged = registry.client.get_logged_model(pinned.model_logged_id)
     assert version.source == f"models:/{pinned.model_logged_id}" and logged.source_run_id == version.run_id
     assert logged.params["n_layers"] == "2" and logged.status.to_proto() == logged.status.READY.to_proto()
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "kronos-model", "version": "2"}]
     runs = registry.client.search_runs(
         [registry.client.get_experiment_by_name("kronos-registry").experiment_id], "tags.`kronos.action` = 'rollback'"
     )

@@ -14,6 +14,7 @@ description, where the MLflow UI shows it.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ from .runs import TAG_PREFIX, finish_run, record_run, start_run
 
 REGISTRY_EXPERIMENT = "kronos-registry"
 LEGACY_HISTORY_TAG = TAG_PREFIX + "alias_history."  # raw JSON kept by earlier releases; removed on the next move
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 HISTORY_RUNS = 500  # the most alias moves read back per alias
 HISTORY_SHOWN = 20  # moves per alias in the registered model's description
 DEFAULT_MAX_CONTEXT = 512
@@ -240,7 +242,7 @@ class Registry:
             self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
             raise
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        return self.client.create_model_version(
+        version = self.client.create_model_version(
             name,
             source=f"models:/{logged.model_id}",
             run_id=run_id,
@@ -248,6 +250,13 @@ class Registry:
             description=description,
             model_id=logged.model_id,
         )
+        # The logged model's page lists the versions named in this tag. A tracking server adds the entry
+        # itself; a local store does not (MLflow's own mlflow.register_model adds it client-side).
+        listed = json.loads(self.client.get_logged_model(logged.model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
+        if not any(e["name"] == name and str(e["version"]) == str(version.version) for e in listed):
+            entry = {"name": name, "version": str(version.version)}
+            self.client.set_logged_model_tags(logged.model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, entry])})
+        return version
 
     def _find_tokenizer(self, sha256: str) -> ModelVersion | None:
         """An existing tokenizer version with exactly these weights (tokenizers are shared by models)."""
