@@ -1,10 +1,11 @@
 """Daily Kronos forecast over a watchlist.
 
-plan (validate the parameters, pin the model alias once, fix the seed) and split the watchlist into shards ->
-ingest new bars (mapped over shards) -> forecast (mapped over the ingested shards, on the GPU queue and
-pool) -> persist in one transaction -> log to MLflow -> finish (fails past the allowed share of failed
-symbols). Task bodies live in ``kronos_tasks.pipeline.daily``;
-this file is wiring.
+plan (validate the parameters, pin the model alias once, fix the seed, store the watchlist in
+``forecast_shards`` shards) -> ingest new bars (mapped over the shards) -> forecast (mapped over the
+ingested shards, on the GPU queue and pool) -> persist in one transaction -> log to MLflow -> finish
+(fails past the allowed share of failed symbols). Tasks pass ids and counts; the entries, failures,
+windows and forecasts are in the database. Task bodies live in ``kronos_tasks.pipeline.daily``; this
+file is wiring.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import CronTriggerTimetable, Param, Variable, dag, get_current_context, task
 
 from kronos_tasks.forecasting.params import ForecastParams
-from kronos_tasks.pipeline.payloads import BatchResult, IngestedBatch, RunPlan, RunSummary, Shard
+from kronos_tasks.pipeline.payloads import BatchResult, IngestSummary, RunPlan, RunSummary
 from kronos_tasks.settings import gpu_task_arguments, load
 
 SETTINGS = load()  # environment only: no database, network or model work at import time
@@ -48,11 +49,12 @@ HERE = {"model": SETTINGS.model_alias, "batch_size": SETTINGS.batch_size}
             "kronos_watchlist, else the KRONOS_WATCHLIST file",
         ),
         **{name: Param(**spec) for name, spec in ForecastParams.param_specs(HERE).items()},
-        "symbols_per_task": Param(
-            SETTINGS.symbols_per_task,
-            type="integer",
+        "forecast_shards": Param(
+            SETTINGS.forecast_shards,
+            type=["null", "integer"],
             minimum=1,
-            description="watchlist symbols per ingest and forecast task",
+            description="ingest and forecast tasks of the run, each for a slice of the watchlist (empty: "
+            "KRONOS_FORECAST_SHARDS, else the forecast pool's slots, at least 2)",
         ),
         "max_staleness": Param(
             None,
@@ -71,42 +73,58 @@ HERE = {"model": SETTINGS.model_alias, "batch_size": SETTINGS.batch_size}
     },
 )
 def kronos_daily_forecast():
-    @task
+    @task(multiple_outputs=False)
     def plan() -> RunPlan:
+        from airflow.configuration import conf
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from kronos_tasks.errors import ParamsError
         from kronos_tasks.pipeline import daily
 
         context = get_current_context()
-        params = {name: context["params"][name] for name in ForecastParams.param_specs()}
+        given = context["params"]
+        params = {name: given[name] for name in ForecastParams.param_specs()}
         moment = context.get("logical_date") or context["dag_run"].run_after
-        share, staleness = context["params"]["max_failed_share"], context["params"]["max_staleness"]
-        return daily.plan(params, moment, context["dag"].dag_id, context["run_id"], share, staleness)
+        watchlist = given["watchlist"] or Variable.get("kronos_watchlist", default=None)
+        try:
+            return daily.plan(
+                params,
+                moment,
+                context["dag"].dag_id,
+                context["run_id"],
+                given["max_failed_share"],
+                given["max_staleness"],
+                watchlist,
+                given["forecast_shards"],
+                conf.getint("core", "max_map_length"),
+            )
+        except ParamsError as exc:  # the same parameters fail the same way: no retries
+            raise AirflowFailException(str(exc)) from exc
 
-    @task
-    def split_watchlist() -> list[Shard]:
+    @task(multiple_outputs=False)
+    def shards(run: RunPlan) -> list[int]:
         from kronos_tasks.pipeline import daily
 
-        params = get_current_context()["params"]
-        watchlist = params["watchlist"] or Variable.get("kronos_watchlist", default=None)
-        return daily.split_watchlist(watchlist, params["symbols_per_task"])
+        return daily.shard_indices(run)
 
-    @task
-    def ingest(run: RunPlan, shard: Shard) -> IngestedBatch:
+    @task(multiple_outputs=False)
+    def ingest(run: RunPlan, shard: int) -> IngestSummary:
         from kronos_tasks.pipeline import daily
 
         return daily.ingest(run, shard)
 
-    @task(**FORECAST_TASK)
-    def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
+    @task(multiple_outputs=False, **FORECAST_TASK)
+    def forecast(run: RunPlan, ingested: IngestSummary) -> BatchResult:
         from kronos_tasks.pipeline import daily
 
-        return daily.forecast(run, ingested)
+        return daily.forecast(run, ingested.shard)
 
-    @task
-    def persist(run: RunPlan, shards: list[Shard], results: list[BatchResult]) -> RunSummary:
+    @task(multiple_outputs=False)
+    def persist(run: RunPlan, results: list[BatchResult]) -> RunSummary:
         from kronos_tasks.pipeline import daily
 
         # A slice reads every mapped result in one request (iterating probes past the end and logs an error).
-        return daily.persist(run, list(shards), list(results[:]))
+        return daily.persist(run, list(results[:]))
 
     @task
     def log_to_mlflow(run: RunPlan, summary: RunSummary) -> str:
@@ -114,15 +132,15 @@ def kronos_daily_forecast():
 
         return tracking.log_run(run, summary)
 
-    @task(retries=0)  # the verdict on stored results: retrying cannot change it
+    @task(retries=0, multiple_outputs=False)  # the verdict on stored results: retrying cannot change it
     def finish(summary: RunSummary) -> RunSummary:
         from kronos_tasks.pipeline import daily
 
         return daily.finish(summary)
 
-    run, shards = plan(), split_watchlist()
-    results = forecast.partial(run=run).expand(ingested=ingest.partial(run=run).expand(shard=shards))
-    summary = persist(run, shards, results)
+    run = plan()
+    results = forecast.partial(run=run).expand(ingested=ingest.partial(run=run).expand(shard=shards(run)))
+    summary = persist(run, results)
     log_to_mlflow(run, summary) >> finish(summary)
 
 

@@ -51,7 +51,15 @@ VARIABLES: tuple[Setting, ...] = (
     Setting("KRONOS_GPU_POD_TEMPLATE", "KubernetesExecutor pod template file of GPU tasks (empty: none)", ""),
     Setting("KRONOS_FORECAST_RETRY_DELAY", "seconds before a failed forecast task retries (then backing off)", "30"),
     Setting("KRONOS_BATCH_SIZE", "series the predictor decodes together (memory grows with it)", "32"),
-    Setting("KRONOS_SYMBOLS_PER_TASK", "watchlist symbols per ingest and forecast task of the daily DAG", "64"),
+    Setting(
+        "KRONOS_FORECAST_SHARDS",
+        "ingest and forecast tasks per daily run (default: KRONOS_GPU_POOL_SLOTS, at least 2)",
+    ),
+    Setting(
+        "KRONOS_TORCH_THREADS",
+        "torch threads per forecast task (default: the cores the task owns: its CPU affinity divided by "
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY)",
+    ),
     Setting("KRONOS_MAX_FAILED_SHARE", "share of failed symbols above which a daily run fails", "0.2"),
 )
 
@@ -79,7 +87,8 @@ class Settings:
     gpu_pod_template: str
     forecast_retry_delay: int
     batch_size: int
-    symbols_per_task: int
+    forecast_shards: int | None
+    torch_threads: int | None
     max_failed_share: float
 
     @classmethod
@@ -121,7 +130,8 @@ class Settings:
             gpu_pod_template=get("KRONOS_GPU_POD_TEMPLATE") or "",
             forecast_retry_delay=_positive_int("KRONOS_FORECAST_RETRY_DELAY", get("KRONOS_FORECAST_RETRY_DELAY")),
             batch_size=_positive_int("KRONOS_BATCH_SIZE", get("KRONOS_BATCH_SIZE")),
-            symbols_per_task=_positive_int("KRONOS_SYMBOLS_PER_TASK", get("KRONOS_SYMBOLS_PER_TASK")),
+            forecast_shards=_optional_positive_int("KRONOS_FORECAST_SHARDS", get("KRONOS_FORECAST_SHARDS")),
+            torch_threads=_optional_positive_int("KRONOS_TORCH_THREADS", get("KRONOS_TORCH_THREADS")),
             max_failed_share=_share("KRONOS_MAX_FAILED_SHARE", get("KRONOS_MAX_FAILED_SHARE")),
         )
 
@@ -142,6 +152,10 @@ def _positive_int(name: str, value: str) -> int:
     if number < 1:
         raise SettingsError(f"{name} must be a positive integer, got {value!r}.")
     return number
+
+
+def _optional_positive_int(name: str, value: str | None) -> int | None:
+    return None if value is None or value.lower() == "auto" else _positive_int(name, value)
 
 
 def _share(name: str, value: str) -> float:

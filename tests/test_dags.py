@@ -405,3 +405,32 @@ def test_finetune_dag_registers_a_version_with_curves_and_hands_it_to_the_rollou
             .all()
         )
     assert decisions and decisions[-1]["action"] in ("promote", "refuse")
+
+
+def test_a_2000_symbol_watchlist_runs_with_bounded_xcom_and_no_per_symbol_values(airflow_setup, tmp_path):
+    """Tasks pass ids and counts: XCom holds a handful of small values however long the watchlist is."""
+    import sqlite3
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import synthetic
+
+    from kronos_tasks.storage import get_run
+
+    settings, env, _ = airflow_setup
+    watchlist = synthetic.write_universe(tmp_path / "data", 2000, 40, "2024-08-29")
+    big = {**env, "KRONOS_DATA_DIR": str(tmp_path / "data"), "KRONOS_WATCHLIST": str(watchlist)}
+    conf = {"pred_len": 2, "sample_count": 1, "lookback": 32, "min_history": 16, "forecast_shards": 4}
+    assert run_dag(big, "kronos_daily_forecast", "2024-08-29T17:30:00-04:00", conf) == 0
+    run = get_run(engine_of(settings), "kronos_daily_forecast@2024-08-29T21:30:00+00:00")
+    assert (run.status, run.symbols_ok, run.extra["shards"]) == ("success", 2000, 4)
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        (dag_run,) = db.execute(
+            "SELECT id FROM dag_run WHERE dag_id = 'kronos_daily_forecast' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        values = db.execute("SELECT task_id, value FROM xcom WHERE dag_run_id = ?", (dag_run,)).fetchall()
+    tasks = sorted({task for task, _ in values})
+    assert tasks == ["finish", "forecast", "ingest", "log_to_mlflow", "persist", "plan", "shards"]
+    assert len(values) == 5 + 2 * 4  # one value per task, one per mapped task
+    sizes = [len(value if isinstance(value, bytes) else str(value).encode()) for _, value in values]
+    assert sum(sizes) < 32_000
+    assert not any("S01999" in str(value) for _, value in values)  # no symbol list travels through XCom

@@ -193,3 +193,45 @@ def test_bars_that_overflow_float32_normalise_in_float64_and_forecast_finite(tin
             seed=3,
         )
         assert np.isfinite(out.to_numpy(float)).all()
+
+
+def test_daily_file_ingest_skips_an_unchanged_file_and_reads_a_grown_one_from_its_end(engine, tmp_path, monkeypatch):
+    from kronos_tasks.data import sources
+    from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.pipeline.ingest import OVERLAP_BARS, ingest_file_incremental
+
+    parsed = []
+    original = sources._read_table
+    monkeypatch.setattr(sources, "_read_table", lambda *a: parsed.append(len(frame := original(*a))) or frame)
+    lines = (SAMPLE_DATA / "GOOG_1d.csv").read_text().splitlines(keepends=True)
+    path = tmp_path / "GOOG_1d.csv"
+    path.write_text("".join(lines[:301]))  # the header and 300 bars
+    item = WatchItem("GOOG", "XNYS", "1d", None, "America/New_York")
+    assert ingest_file_incremental(engine, path, item).written == {"GOOG": 300} and parsed == [300]
+    assert ingest_file_incremental(engine, path, item) is None and parsed == [300]  # unchanged: not even read
+
+    # Three bars appended, the middle one with high below close: only the end of the file is parsed, and
+    # the finding names the bar's row in the whole file.
+    bad = lines[302].split(",")
+    bad[2] = str(float(bad[4]) - 1)  # date,open,high,low,close,...
+    with path.open("a") as handle:
+        handle.writelines([lines[301], ",".join(bad), lines[303]])
+    grown = ingest_file_incremental(engine, path, item)
+    assert parsed[-1] == OVERLAP_BARS + 3
+    assert [(f.row, f.rule) for f in grown.report.findings] == [(302, "high_below_open_close")]
+    stored = read_bars(engine, "GOOG", "1d")
+    assert len(stored) == 302 and stored["ts"].is_monotonic_increasing
+
+    # The same bars read whole into another database: the same table.
+    from kronos_tasks.storage import make_engine, upgrade
+
+    whole = make_engine(f"sqlite:///{tmp_path / 'whole.db'}")
+    upgrade(whole)
+    ingest_file(whole, path, symbol="GOOG", interval="1d", exchange="XNYS")
+    pd.testing.assert_frame_equal(read_bars(whole, "GOOG", "1d"), stored)
+
+    # An edited old row (same length) changes the file's start: it is read whole again.
+    text = path.read_text()
+    path.write_text(text.replace(lines[5], lines[5].replace(",", ", ", 1)[:-2] + "\n", 1))
+    ingest_file_incremental(engine, path, item)
+    assert parsed[-1] == 303

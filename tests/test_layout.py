@@ -117,7 +117,7 @@ def test_dag_file_builds_its_params_from_forecast_params(tmp_path):
     for name, spec in ForecastParams.param_specs().items():
         assert shown[name][0] == spec["default"], name
     assert shown["batch_size"][1].endswith("here: 7") and shown["model"][1].endswith("here: prod")
-    assert {"watchlist", "symbols_per_task", "max_failed_share"} <= set(shown)
+    assert {"watchlist", "forecast_shards", "max_failed_share"} <= set(shown)
 
 
 @pytest.mark.parametrize(

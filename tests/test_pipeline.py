@@ -16,7 +16,7 @@ from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.forecasting.windows import make_window, predict_windows
 from kronos_tasks.inference import KronosPredictor
 from kronos_tasks.pipeline import daily, rollout
-from kronos_tasks.pipeline.payloads import BatchResult, Failure, IngestedBatch, RunPlan, RunSummary, Shard
+from kronos_tasks.pipeline.payloads import BatchResult, Failure, IngestSummary, RunPlan, RunSummary
 from kronos_tasks.registry.pinned import PinnedPair
 
 # --- the rollout gate --------------------------------------------------------------------------------------
@@ -206,11 +206,22 @@ def test_payloads_round_trip_through_airflow_serde():
     payloads._allow_in_xcom()  # what importing the module does in an Airflow process
     params = ForecastParams.from_dict({"pred_len": 8}).resolve(512, "champion", 32, seed_key="r")
     pinned = PinnedPair("kronos-model", "3", "a" * 64, "run", "/m", "kronos-tokenizer", "1", "b" * 64, "run", "/t", 512)
-    item = WatchItem("GOOG", "XNYS", "1d", "GOOG_1d.csv", "America/New_York")
     values = [
-        RunPlan("r", "dag", "manual__1", "2024-08-28T21:30:00+00:00", "2024-08-28T21:30:01+00:00", params, pinned, 0.2),
-        IngestedBatch(Shard(0, (item,)), {"GOOG": 3}, {}),
-        BatchResult(0, ("GOOG",), {"X": Failure("window", "too few")}, {"GOOG": "c" * 64}, 96, 1.5, 0.2, "cpu", "h"),
+        RunPlan(
+            "r",
+            "dag",
+            "manual__1",
+            "2024-08-28T21:30:00+00:00",
+            "2024-08-28T21:30:01+00:00",
+            params,
+            pinned,
+            0.2,
+            3,
+            4,
+            9,
+        ),
+        IngestSummary(0, 5, 1, 300, 2),
+        BatchResult(0, 4, 1, 96, 1.5, 0.2, 0.1, "cpu", "h", 2),
         summary(1, 5, 0.2),
         pinned,
     ]
@@ -221,12 +232,21 @@ def test_payloads_round_trip_through_airflow_serde():
     assert values[0].seed == params.seed and params.lookback == 512 - 8 and params.batch_size == 32
 
 
-def test_split_watchlist_cuts_consecutive_shards(kronos_env):
+def test_plan_refuses_more_shards_than_airflow_maps_and_records_the_run(kronos_env, tiny_checkpoints):
+    from kronos_tasks.pipeline import runtime
+    from kronos_tasks.registry import Registry
+    from kronos_tasks.storage import get_run, make_engine, upgrade
+
+    upgrade(make_engine(kronos_env.db_url))
+    Registry(kronos_env).register(*tiny_checkpoints[0], alias="champion", trained=False)
     entries = [{"symbol": f"S{i}", "exchange": "XNYS", "interval": "1d"} for i in range(5)]
-    shards = daily.split_watchlist(entries, symbols_per_task=2)
-    assert [[item.symbol for item in s.items] for s in shards] == [["S0", "S1"], ["S2", "S3"], ["S4"]]
-    assert [s.index for s in shards] == [0, 1, 2]
-    with pytest.raises(ParamsError, match="symbols_per_task must be an integer >= 1"):
-        daily.split_watchlist(entries, symbols_per_task=0)
-    bundled = daily.split_watchlist(None)  # no watchlist given: the KRONOS_WATCHLIST file (the bundled one)
-    assert [item.symbol for shard in bundled for item in shard.items] == ["a_share", "GOOG"]
+    run = daily.plan({}, "2024-08-28T21:30:00+00:00", "dag", watchlist=entries, forecast_shards=2)
+    assert (run.shards, run.symbols) == (2, 5) and daily.shard_indices(run) == [0, 1]
+    with pytest.raises(ParamsError, match=r"forecast_shards is 9, more than Airflow maps .*max_map_length = 8"):
+        daily.plan({}, "2024-08-29T21:30:00+00:00", "dag", watchlist=entries, forecast_shards=9, max_map_length=8)
+    stored = get_run(runtime.engine(), "dag@2024-08-29T21:30:00+00:00")
+    assert stored.status == "failed" and "max_map_length" in stored.extra["error"]
+    twice = [*entries, {"symbol": "S0", "exchange": "XNYS", "interval": "1h"}]
+    with pytest.raises(ParamsError, match=r"lists \['S0'\] at several intervals"):
+        daily.plan({}, "2024-08-28T21:30:00+00:00", "dag", watchlist=twice)
+    assert daily.plan({}, "2024-08-28T21:30:00+00:00", "dag").symbols == 2  # the bundled watchlist

@@ -34,7 +34,7 @@ UTC = timezone.utc
 def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     with engine.connect() as connection:
         context = MigrationContext.configure(
             connection, opts={"compare_type": True, "version_table": "kronos_alembic_version"}
@@ -242,3 +242,38 @@ def test_a_failed_persist_from_staging_keeps_the_stored_run_and_the_staged_rows(
     assert persist_run(engine, run_row("r6", status="partial"), None, []) == 4
     with engine.connect() as connection:
         assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r6")).scalars()) == {12.0}
+
+
+def test_run_items_are_sharded_read_by_key_and_record_failures(engine):
+    from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.storage import fail_items, item_counts, item_failures, plan_items, reset_shard, shard_items
+
+    upgrade(engine)
+    items = [WatchItem(f"S{i}", "XNYS", "1d", None, "America/New_York") for i in range(5)]
+    plan_items(engine, "r1", items, shards=2)
+    assert [i.symbol for i in shard_items(engine, "r1", 0)] == ["S0", "S1", "S2"]
+    assert shard_items(engine, "r1", 1) == items[3:]
+    fail_items(engine, "r1", {"S1": ("ingest", "no file"), "S4": ("stale", "old")})
+    assert [i.symbol for i in shard_items(engine, "r1", 0)] == ["S0", "S2"]
+    assert item_failures(engine, "r1") == [("S1", "ingest", "no file"), ("S4", "stale", "old")]
+    assert item_counts(engine, "r1") == (5, 2)
+    reset_shard(engine, "r1", 1, ("stale",))  # a retried forecast task starts clean
+    assert item_failures(engine, "r1") == [("S1", "ingest", "no file")]
+    plan_items(engine, "r1", items[:2], shards=1)  # a re-run's plan replaces the entries
+    assert item_counts(engine, "r1") == (2, 0)
+
+
+def test_batched_window_reads_equal_one_read_per_symbol(engine):
+    from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.storage import read_windows
+
+    ingest_paths(engine, [SAMPLE_DATA / "a_share_5min.csv"], exchange="XSHG")
+    ingest_paths(engine, [SAMPLE_DATA / "GOOG_1d.csv"], exchange="XNYS")
+    items = [WatchItem("GOOG", "XNYS", "1d"), WatchItem("a_share", "XSHG", "5min"), WatchItem("NONE", "XNYS", "1d")]
+    end = datetime(2013, 1, 2, tzinfo=UTC)
+    found = read_windows(engine, items, end, 100)
+    assert set(found) == {"GOOG"}  # a_share starts in 2024, NONE has no bars
+    pd.testing.assert_frame_equal(found["GOOG"], read_bars(engine, "GOOG", "1d", end=end, limit=100))
+    later = read_windows(engine, items, datetime(2030, 1, 1, tzinfo=UTC), 64)
+    for item in items[:2]:
+        pd.testing.assert_frame_equal(later[item.symbol], read_bars(engine, item.symbol, item.interval, limit=64))

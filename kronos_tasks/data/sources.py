@@ -11,6 +11,7 @@ timezone (the exchange's, or one given) and stored in UTC.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,13 +88,18 @@ def symbol_and_interval_from_name(path: Path) -> tuple[str, Interval | None]:
     return stem, None
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, start_byte: int | None = None) -> pd.DataFrame:
     try:
         if path.name.lower().endswith((".parquet", ".pq")):
             frame = pd.read_parquet(path)
             if isinstance(frame.index, pd.DatetimeIndex):
                 frame = frame.reset_index()
             return frame
+        if start_byte is not None:  # the header line, then the rows from start_byte on
+            with path.open("rb") as handle:
+                header = handle.readline()
+                handle.seek(start_byte)
+                return pd.read_csv(io.BytesIO(header + handle.read()))
         return pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot be read as a table: {exc}") from exc
@@ -160,10 +166,19 @@ def _to_utc(values: pd.Series, timezone: str, path: Path) -> tuple[pd.Series, bo
 
 
 def read_series(
-    path: Path, timezone: str = "UTC", symbol: str | None = None, interval: Interval | None = None
+    path: Path,
+    timezone: str = "UTC",
+    symbol: str | None = None,
+    interval: Interval | None = None,
+    start_byte: int | None = None,
+    first_row: int = 1,
 ) -> list[SourceSeries]:
-    """Normalised series of one file (one per symbol in it). Values are not checked here (see validation)."""
-    frame = _read_table(path)
+    """Normalised series of one file (one per symbol in it). Values are not checked here (see validation).
+
+    With ``start_byte`` (a CSV that grew since it was last read) only the header and the rows from that byte
+    on are read; ``first_row`` is the file row number of the first of them, so findings name real rows.
+    """
+    frame = _read_table(path, start_byte)
     if frame.empty:
         raise DataError(f"{path}: the file holds no rows.")
     keys = {_key(c): c for c in frame.columns}
@@ -185,7 +200,7 @@ def read_series(
     elif not any(a in keys for a in ALIASES["amount"]):
         out["amount"] = out["volume"] * out[PRICES].mean(axis=1)
         notes.append("no amount column: amount = volume x mean(open, high, low, close)")
-    out["row"] = np.arange(1, len(out) + 1)
+    out["row"] = np.arange(first_row, first_row + len(out))
 
     symbol_column = next((keys[n] for n in SYMBOL_NAMES if n in keys), None)
     name_symbol, name_interval = symbol_and_interval_from_name(path)

@@ -54,15 +54,18 @@ def local_times(stamps, timezone: str) -> pd.Series:
     return pd.Series(pd.DatetimeIndex(stamps).tz_convert(timezone).tz_localize(None))
 
 
-def make_window(item: WatchItem, bars: pd.DataFrame, params: ForecastParams, max_context: int) -> Window:
-    """The last ``params.window(max_context)`` bars and the next ``pred_len`` bar times; DataError if unusable."""
+def make_window(
+    item: WatchItem, bars: pd.DataFrame, params: ForecastParams, max_context: int, future_times=future_timestamps
+) -> Window:
+    """The last ``params.window(max_context)`` bars and the next ``pred_len`` bar times (from ``future_times``,
+    ``calendars.future_timestamps`` or a cache of it); DataError if unusable."""
     history = bars.iloc[-params.window(max_context) :].reset_index(drop=True)
     if len(history) < params.min_history:
         raise DataError(
             f"{item.symbol}: {len(history)} bar(s) before the forecast origin, min_history is "
             f"{params.min_history}; ingest more history or lower min_history."
         )
-    future = future_timestamps(
+    future = future_times(
         history["ts"].iloc[-1], params.pred_len, Interval.parse(item.interval), item.exchange, history["ts"]
     )
     return Window(item, history, future, frame_sha256(history, ["ts", *FEATURES]))
@@ -145,15 +148,6 @@ def forecast_rows(run_id: str, window: Window, forecast: Forecast) -> list[dict]
                 }
             )
     return rows
-
-
-def summary_frame(rows: list[dict]) -> pd.DataFrame:
-    """Forecast rows as a flat frame (quantiles as columns q0.1, ...), for CSV output and MLflow artifacts."""
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    quantiles = pd.DataFrame(list(frame.pop("quantiles"))).add_prefix("q")
-    return pd.concat([frame.reset_index(drop=True), quantiles], axis=1)
 
 
 def predict_series(

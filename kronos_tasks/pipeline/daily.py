@@ -1,9 +1,10 @@
-"""Task functions of the daily forecast: plan and split -> ingest per shard -> forecast per shard -> persist -> log
--> finish.
+"""Task functions of the daily forecast: plan -> ingest per shard -> forecast per shard -> persist -> log -> finish.
 
-Each function takes and returns the typed payloads of ``payloads`` (what Airflow passes between tasks)
-and can be called without Airflow. A run is identified by its DAG and logical date: re-running that
-date reuses its seed and replaces its rows.
+Each function takes and returns the typed payloads of ``payloads`` (what Airflow passes between tasks:
+ids, counts and small summaries) and can be called without Airflow. The watchlist, per-symbol failures,
+windows and forecasts live in the database; the number of shards is fixed by the run, not by the
+watchlist's length. A run is identified by its DAG and logical date: re-running that date reuses its
+seed and replaces its rows.
 """
 
 from __future__ import annotations
@@ -17,24 +18,43 @@ from typing import Any
 import pandas as pd
 
 from kronos_tasks import __version__
-from kronos_tasks.data import DataError, Interval
-from kronos_tasks.data.freshness import StaleData, check_fresh
+from kronos_tasks.data.schema import FEATURES, DataError
 from kronos_tasks.data.watchlist import load_watchlist, parse_watchlist
 from kronos_tasks.errors import KronosFlowError, ParamsError
 from kronos_tasks.forecasting.params import ForecastParams
-from kronos_tasks.hashing import combine
 from kronos_tasks.inference.params import InputError, check_int
-from kronos_tasks.storage import clear_staging, persist_run, read_bars, stage_forecasts
+from kronos_tasks.registry.listing import pin
+from kronos_tasks.storage import (
+    clear_staging,
+    fail_items,
+    item_counts,
+    item_failures,
+    persist_run,
+    plan_items,
+    read_windows,
+    reset_shard,
+    shard_items,
+    stage_forecasts,
+)
 
 from . import runtime
-from .ingest import ingest_fetched, ingest_file, resume_point, source_file
-from .payloads import BatchResult, Failure, IngestedBatch, RunPlan, RunSummary, Shard
+from .payloads import BatchResult, Failure, IngestSummary, RunPlan, RunSummary
 
 log = logging.getLogger(__name__)
 
 
 class RunFailed(KronosFlowError, RuntimeError):
     """More symbols failed than the configured share allows; the run's rows are stored all the same."""
+
+
+MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default: the most mapped tasks one task may feed
+FAILURES_SHOWN = 10  # failures a RunSummary carries (all of them are in the database)
+
+
+def default_shards(settings) -> int:
+    """Forecast shards of a run when not given: KRONOS_FORECAST_SHARDS, else one per forecast pool slot
+    (KRONOS_GPU_POOL_SLOTS), at least two so that one shard's ingest overlaps another's forecast."""
+    return settings.forecast_shards or max(2, settings.gpu_pool_slots)
 
 
 def plan(
@@ -44,29 +64,42 @@ def plan(
     dag_run_id: str | None = None,
     max_failed_share: float | None = None,
     max_staleness: int | None = None,
+    watchlist: Any = None,
+    forecast_shards: int | None = None,
+    max_map_length: int = MAX_MAP_LENGTH,
 ) -> RunPlan:
-    """Validate the run's parameters, pin the model once and fix the seed.
+    """Validate the run's parameters, pin the model once, fix the seed, and store the watchlist as the run's
+    entries in ``forecast_shards`` shards.
 
-    Every later task of the run uses exactly these versions and parameters; a re-run of the same
-    logical date gets the same seed.
+    Every later task of the run uses exactly these versions and parameters and reads its shard's entries
+    from the database; a re-run of the same logical date gets the same seed. More shards than Airflow
+    can map (``max_map_length``) fail here, once, with the run recorded as failed.
     """
-    settings = runtime.settings()
+    settings, engine = runtime.settings(), runtime.engine()
     requested = ForecastParams.from_dict(params)
     share = settings.max_failed_share if max_failed_share is None else max_failed_share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ParamsError(f"max_failed_share must be a number between 0 and 1, got {share!r}.")
-    if max_staleness is not None:
-        try:
+    try:
+        if max_staleness is not None:
             check_int("max_staleness", max_staleness, 0)
-        except InputError as exc:
-            raise ParamsError(str(exc)) from None
+        shards = default_shards(settings) if forecast_shards is None else forecast_shards
+        check_int("forecast_shards", shards, 1)
+    except InputError as exc:
+        raise ParamsError(str(exc)) from None
+    items = parse_watchlist(watchlist) if watchlist else load_watchlist(settings.watchlist)
+    repeated = sorted({i.symbol for i in items if sum(j.symbol == i.symbol for j in items) > 1})
+    if repeated:
+        raise ParamsError(
+            f"the watchlist lists {repeated[:5]} at several intervals; a daily run stores one forecast per symbol, "
+            "so list each symbol once (run another watchlist for other intervals)."
+        )
     origin = runtime.utc(logical_date)
     run_id = f"{dag_id}@{origin.isoformat()}"
     model = requested.model or settings.model_alias
-    pinned = runtime.registry().resolve(model)
+    pinned = pin(settings, model)  # versions and checksums; each forecast task fetches and verifies the weights
     resolved = requested.resolve(pinned.max_context, model, settings.batch_size, seed_key=run_id)
-    clear_staging(runtime.engine(), run_id)
-    return RunPlan(
+    run = RunPlan(
         run_id=run_id,
         dag_id=dag_id,
         dag_run_id=dag_run_id,
@@ -76,59 +109,84 @@ def plan(
         pinned=pinned,
         max_failed_share=float(share),
         max_staleness=max_staleness,
+        shards=min(shards, len(items)),
+        symbols=len(items),
     )
+    if shards > max_map_length:
+        reason = (
+            f"forecast_shards is {shards}, more than Airflow maps from one task ([core] max_map_length = "
+            f"{max_map_length}); lower forecast_shards (shards hold any number of symbols) or raise max_map_length."
+        )
+        persist_run(
+            engine, {**run_row(run, [], "failed", datetime.now(timezone.utc)), "extra": {"error": reason}}, [], []
+        )
+        raise ParamsError(reason)
+    clear_staging(engine, run_id)
+    plan_items(engine, run_id, items, run.shards)
+    return run
 
 
-def split_watchlist(watchlist: Any, symbols_per_task: int | None = None) -> list[Shard]:
-    """The run's watchlist (given, else the KRONOS_WATCHLIST file), validated and cut into shards of
-    ``symbols_per_task`` consecutive entries (default: KRONOS_SYMBOLS_PER_TASK)."""
-    settings = runtime.settings()
-    items = parse_watchlist(watchlist) if watchlist else load_watchlist(settings.watchlist)
-    size = settings.symbols_per_task if symbols_per_task is None else symbols_per_task
-    try:
-        check_int("symbols_per_task", size, 1)
-    except InputError as exc:
-        raise ParamsError(str(exc)) from None
-    return [Shard(i, tuple(items[start : start + size])) for i, start in enumerate(range(0, len(items), size))]
+def shard_indices(run: RunPlan) -> list[int]:
+    """The shards the run's ingest and forecast tasks map over."""
+    return list(range(run.shards))
 
 
-def ingest(run: RunPlan, shard: Shard) -> IngestedBatch:
-    """Ingest the new bars of one shard's symbols: from their files, or fetched from their vendors up to the
-    run's logical time (never later than now). A symbol that fails is reported, not raised."""
+def ingest(run: RunPlan, shard: int) -> IngestSummary:
+    """Ingest the new bars of one shard's entries: from their files (skipped when unchanged), or fetched from
+    their vendors up to the run's logical time (never later than now). A symbol that fails is recorded in
+    the run's entries, not raised."""
+    from .ingest import ingest_fetched, ingest_file_incremental, source_file
+
     settings, engine = runtime.settings(), runtime.engine()
+    reset_shard(engine, run.run_id, shard, ("ingest",))
     until = min(pd.Timestamp(run.origin), pd.Timestamp.now("UTC"))
-    written, failed = {}, {}
-    for item in shard.items:
+    items = shard_items(engine, run.run_id, shard)
+    failed: dict[str, tuple[str, str]] = {}
+    written = skipped = 0
+    for item in items:
         if item.source == "files":
             try:
                 path = source_file(item, settings.data_dir)
             except DataError as exc:
-                failed[item.symbol] = str(exc)
+                failed[item.symbol] = ("ingest", str(exc))
                 continue
-            since = resume_point(engine, item.symbol, item.interval)
-            result = ingest_file(
-                engine, path, symbol=item.symbol, interval=item.interval, exchange=item.exchange, since=since
-            )
+            result = ingest_file_incremental(engine, path, item)
         else:
             result = ingest_fetched(engine, item, until)
-        written[item.symbol] = result.written.get(item.symbol, 0)
+        if result is None:
+            skipped += 1
+            continue
+        written += result.written.get(item.symbol, 0)
         if item.symbol in result.failed:
-            failed[item.symbol] = result.failed[item.symbol]
-        log.info("ingested %s from %s: %s", item.symbol, item.source, result.render())
-    return IngestedBatch(shard, written, failed)
+            failed[item.symbol] = ("ingest", result.failed[item.symbol])
+    fail_items(engine, run.run_id, failed)
+    log.info(
+        "shard %d: %d entries, %d bars written, %d files unchanged, %d failed",
+        shard,
+        len(items),
+        written,
+        skipped,
+        len(failed),
+    )
+    return IngestSummary(shard, len(items), len(failed), written, skipped)
 
 
-def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
-    """Forecast the symbols of an ingested shard and stage their rows; a symbol that fails is reported, not raised.
+def forecast(run: RunPlan, shard: int) -> BatchResult:
+    """Forecast one shard's entries that ingested and stage their rows and windows; a symbol that fails is
+    recorded in the run's entries, not raised.
 
-    Symbols whose ingest failed are not forecast. The pinned versions are fetched (or taken from the
-    cache) on this worker and checked against the checksums pinned by the plan.
+    The pinned versions are fetched (or taken from the cache) on this worker and checked against the
+    checksums pinned by the plan. All windows of the shard come from one batched read; future bar times and
+    freshness are computed once per calendar, interval and recent bar times.
     """
+    from kronos_tasks.data.calendar_cache import CalendarCache
+    from kronos_tasks.data.freshness import StaleData
     from kronos_tasks.forecasting.engine import pinned_predictor
     from kronos_tasks.forecasting.windows import forecast_rows, make_window, predict_windows
 
     started = time.perf_counter()
     settings, engine = runtime.settings(), runtime.engine()
+    threads = runtime.own_threads()
     params, wanted = run.params, run.pinned
     pair = runtime.registry().resolve(f"{wanted.model_name}/{wanted.model_version}")
     if not pair.same_weights(wanted):
@@ -139,54 +197,55 @@ def forecast(run: RunPlan, ingested: IngestedBatch) -> BatchResult:
     predictor = pinned_predictor(pair, settings.device, params.batch_size)
     loaded = time.perf_counter()
 
-    shard = ingested.shard
-    failed = {symbol: Failure("ingest", reason) for symbol, reason in ingested.failed.items()}
-    windows = []
+    reset_shard(engine, run.run_id, shard, ("stale", "window", "forecast"))
+    items = shard_items(engine, run.run_id, shard)
     origin = runtime.utc(run.origin)
-    for item in shard.items:
-        if item.symbol in failed:
-            continue
+    history = read_windows(engine, items, origin, params.lookback)
+    failed: dict[str, tuple[str, str]] = {}
+    windows = []
+    calendars = CalendarCache(run.max_staleness, params.pred_len)
+    for item in items:
+        bars = history.get(item.symbol)
+        if bars is None:
+            bars = pd.DataFrame({"ts": pd.DatetimeIndex([], tz="UTC"), **{f: pd.Series(dtype=float) for f in FEATURES}})
         try:
-            bars = read_bars(engine, item.symbol, item.interval, end=origin, limit=params.lookback)
-            interval = Interval.parse(item.interval)
-            check_fresh(item.symbol, bars["ts"], pd.Timestamp(origin), interval, item.exchange, run.max_staleness)
-            windows.append(make_window(item, bars, params, pair.max_context))
+            calendars.check_fresh(item, bars["ts"], pd.Timestamp(origin))
+            windows.append(make_window(item, bars, params, pair.max_context, calendars.future))
         except StaleData as exc:
-            failed[item.symbol] = Failure("stale", str(exc))
+            failed[item.symbol] = ("stale", str(exc))
         except DataError as exc:
-            failed[item.symbol] = Failure("window", str(exc))
+            failed[item.symbol] = ("window", str(exc))
+    read = time.perf_counter()
     predicted, errors = predict_windows(predictor, windows, params, run.seed)
-    failed.update({symbol: Failure("forecast", reason) for symbol, reason in errors.items()})
+    failed.update({symbol: ("forecast", reason) for symbol, reason in errors.items()})
+    forecast_seconds = time.perf_counter() - read
     rows = [
         row
         for window in windows
         if window.symbol in predicted
         for row in forecast_rows(run.run_id, window, predicted[window.symbol])
     ]
-    forecast_seconds = time.perf_counter() - loaded
-    read = [w.record() for w in windows if w.symbol in predicted]
-    stage_forecasts(engine, run.run_id, f"shard-{shard.index:04d}", rows, read)
+    done = [w.record() for w in windows if w.symbol in predicted]
+    stage_forecasts(engine, run.run_id, f"shard-{shard:04d}", rows, done)
+    fail_items(engine, run.run_id, failed)
     return BatchResult(
-        shard=shard.index,
-        ok=tuple(sorted(predicted)),
-        failed=failed,
-        hashes={w.symbol: w.sha256 for w in windows if w.symbol in predicted},
+        shard=shard,
+        ok=len(predicted),
+        failed=len(failed),
         bars=len(predicted) * params.sample_count * params.pred_len,
         forecast_seconds=forecast_seconds,
         load_seconds=loaded - started,
+        read_seconds=read - loaded,
         device=str(predictor.device),
         host=socket.gethostname(),
+        threads=threads,
     )
 
 
-def run_row(
-    run: RunPlan, shards: list[Shard], results: list[BatchResult], status: str, finished_at: datetime
-) -> dict[str, Any]:
-    """The forecast_runs row of a run from its plan, its shards and their results."""
+def run_row(run: RunPlan, results: list[BatchResult], status: str, finished_at: datetime) -> dict[str, Any]:
+    """The forecast_runs row of a run from its plan and its shards' results (its windows' hash is added by
+    ``persist``, which reads them)."""
     params = run.params
-    ok = [s for r in results for s in r.ok]
-    failed = sum(len(r.failed) for r in results)
-    hashes = {s: h for r in results for s, h in r.hashes.items()}
     seconds = sum(r.forecast_seconds for r in results)
     bars = sum(r.bars for r in results)
     return {
@@ -209,47 +268,49 @@ def run_row(
         "device": ",".join(sorted({r.device for r in results})) or "none",
         **run.pinned.audit_fields(),
         "mlflow_run_id": None,
-        "data_window_hash": combine(hashes) if hashes else None,
+        "data_window_hash": None,
         "code_version": __version__,
-        "symbols_ok": len(ok),
-        "symbols_failed": failed,
+        "symbols_ok": sum(r.ok for r in results),
+        "symbols_failed": sum(r.failed for r in results),
         "bars_per_second": bars / seconds if seconds else None,
-        "timings": {"forecast_seconds": seconds, "load_seconds": sum(r.load_seconds for r in results)},
+        "timings": {
+            "forecast_seconds": seconds,
+            "load_seconds": sum(r.load_seconds for r in results),
+            "read_seconds": sum(r.read_seconds for r in results),
+        },
         "extra": {
             "dag_run_id": run.dag_run_id,
             "params": params.to_dict(),
-            "watchlist": [item.to_dict() for shard in shards for item in shard.items],
-            "window_hashes": hashes,
+            "symbols": run.symbols,
+            "shards": run.shards,
             "hosts": sorted({r.host for r in results}),
+            "threads": sorted({r.threads for r in results}),
             "trained_model": run.pinned.trained,
-            "shards": len(shards),
         },
     }
 
 
-def persist(run: RunPlan, shards: list[Shard], results: list[BatchResult]) -> RunSummary:
-    """Write the run, its staged forecasts and its failures in one transaction -> the run's summary."""
+def persist(run: RunPlan, results: list[BatchResult]) -> RunSummary:
+    """Write the run, its staged forecasts and windows and its failures in one transaction -> its summary."""
+    engine = runtime.engine()
     now = datetime.now(timezone.utc)
-    failed: dict[str, Failure] = {s: f for r in results for s, f in r.failed.items()}
-    ok = [s for r in results for s in r.ok]
+    total, failed = item_counts(engine, run.run_id)
+    ok = sum(r.ok for r in results)
     status = "success" if not failed else ("failed" if not ok else "partial")
-    row = run_row(run, shards, results, status, now)
-    failures = [
-        {"run_id": run.run_id, "symbol": s, "stage": f.stage, "reason": f.reason[:4000], "recorded_at": now}
-        for s, f in sorted(failed.items())
-    ]
-    rows = persist_run(runtime.engine(), row, None, failures)
-    total = sum(len(shard.items) for shard in shards)
+    row = run_row(run, results, status, now)
+    row["symbols_failed"] = failed  # entries that failed at ingest never reached a forecast task's count
+    rows = persist_run(engine, row, None, None)
+    first = item_failures(engine, run.run_id, FAILURES_SHOWN)
     return RunSummary(
         run_id=run.run_id,
         status=status,
-        symbols_ok=len(ok),
-        symbols_failed=len(failed),
-        failures=failed,
+        symbols_ok=ok,
+        symbols_failed=failed,
+        failures={symbol: Failure(stage, reason) for symbol, stage, reason in first},
         forecast_rows=rows,
         forecast_seconds=row["timings"]["forecast_seconds"],
         bars_per_second=row["bars_per_second"],
-        failed_share=len(failed) / total if total else 0.0,
+        failed_share=failed / total if total else 0.0,
         max_failed_share=run.max_failed_share,
         devices=tuple(sorted({r.device for r in results})),
     )
@@ -258,10 +319,12 @@ def persist(run: RunPlan, shards: list[Shard], results: list[BatchResult]) -> Ru
 def finish(summary: RunSummary) -> RunSummary:
     """Fail the run when more symbols failed than its plan allows (after everything was stored and logged)."""
     if summary.failed_share > summary.max_failed_share:
-        reasons = "; ".join(f"{s}: {f.reason}" for s, f in list(summary.failures.items())[:10])
+        reasons = "; ".join(f"{s}: {f.reason}" for s, f in summary.failures.items())
+        more = summary.symbols_failed - len(summary.failures)
         raise RunFailed(
             f"{summary.symbols_failed} symbol(s) failed ({summary.failed_share:.0%} > "
             f"{summary.max_failed_share:.0%} allowed): {reasons}"
+            + (f"; and {more} more (kronos-flow runs)" if more > 0 else "")
         )
     log.info(
         "run %s: %d symbol(s) forecast, %d failed, %d rows",

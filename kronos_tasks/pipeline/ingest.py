@@ -3,7 +3,9 @@ the others."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kronos_tasks.data import DataError, Interval, Report, exchange_timezone, files_under, read_series, validate
 from kronos_tasks.data.watchlist import WatchItem
-from kronos_tasks.storage import instrument, read_bars, write_bars
+from kronos_tasks.storage import instrument, read_bars, record_source, source_record, write_bars
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +119,22 @@ def ingest_file(
     timezone: str | None = None,
     policies: dict[str, str] | None = None,
     since: datetime | None = None,
+    start_byte: int | None = None,
+    first_row: int = 1,
 ) -> IngestResult:
     """Ingest one file; every problem ends up in the result, keyed by symbol (or by file name).
 
     Each symbol keeps the exchange and timezone it was first ingested with (see ``place_of``); times
     without a UTC offset are read in that timezone. With ``since``, only bars at or after it are read
-    (the daily DAG's incremental ingest).
+    (the daily DAG's incremental ingest); with ``start_byte``, only the rows of a CSV from that byte on
+    (``first_row`` is the file row of the first of them).
     """
     result = IngestResult()
     try:
         read_zone = timezone or (exchange_timezone(exchange) if exchange else "UTC")
-        series = read_series(path, read_zone, symbol, Interval.parse(interval) if interval else None)
+        series = read_series(
+            path, read_zone, symbol, Interval.parse(interval) if interval else None, start_byte, first_row
+        )
     except DataError as exc:
         result.failed[symbol or path.name] = str(exc)
         return result
@@ -177,6 +184,70 @@ def store(
         result.failed[symbol] = f"rejected by validation: {found}"
         return
     result.written[symbol] = write_bars(engine, symbol, str(interval), kept, exchange, zone, source)
+
+
+TAILABLE = (".csv",)  # files whose new rows can be read from where the last read ended
+
+
+def _scan(path: Path, prefix: int | None, context: int = OVERLAP_BARS) -> tuple[str, str | None, int, int | None]:
+    """One pass over a file -> (its SHA-256, the SHA-256 of its first ``prefix`` bytes, the lines in them,
+    the byte where the last ``context`` of those lines start). The last two are None and 0 when the prefix
+    does not end a line (the file was not simply appended to)."""
+    whole, head, lines = hashlib.sha256(), None, 0
+    starts: deque[int] = deque(maxlen=context + 1)  # offsets just after the latest newlines of the prefix
+    read = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            inside = len(chunk) if prefix is None or head is not None else min(len(chunk), prefix - read)
+            part = chunk[:inside]
+            if head is None:
+                at = part.find(b"\n")
+                while at >= 0:
+                    lines += 1
+                    starts.append(read + at + 1)
+                    at = part.find(b"\n", at + 1)
+            whole.update(part)
+            if prefix is not None and head is None and read + inside == prefix:
+                head = whole.copy()
+            whole.update(chunk[inside:])
+            read += len(chunk)
+    ends_line = bool(starts) and starts[-1] == prefix
+    if head is None or not ends_line:
+        return whole.hexdigest(), None, 0, None
+    # The line after the header is line 2: keep the header out of the context.
+    first = starts[0] if lines > context else None
+    return whole.hexdigest(), head.hexdigest(), lines, first
+
+
+def ingest_file_incremental(engine: Engine, path: Path, item: WatchItem) -> IngestResult | None:
+    """The daily ingest of a watchlist entry's file: None when the file is unchanged since its last ingest
+    (same path, size and modification time); a CSV that only grew (its old bytes unchanged) is read from
+    ``OVERLAP_BARS`` rows before where it ended; anything else is read whole. Either way only bars from
+    ``resume_point`` on are validated and written."""
+    stat = path.stat()
+    known = source_record(engine, item.symbol, item.interval)
+    same_file = known is not None and known.path == str(path)
+    if same_file and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        return None
+    grown = same_file and stat.st_size > known.size and path.name.lower().endswith(TAILABLE)
+    digest, prefix, lines, context_start = _scan(path, known.size if grown else None)
+    start_byte = first_row = None
+    if grown and prefix == known.sha256 and context_start is not None:
+        # The appended rows and the OVERLAP_BARS rows before them: the rows a whole read keeps from resume_point.
+        start_byte, first_row = context_start, lines - OVERLAP_BARS
+    result = ingest_file(
+        engine,
+        path,
+        symbol=item.symbol,
+        interval=item.interval,
+        exchange=item.exchange,
+        since=resume_point(engine, item.symbol, item.interval),
+        start_byte=start_byte,
+        first_row=first_row or 1,
+    )
+    if item.symbol not in result.failed:
+        record_source(engine, item.symbol, item.interval, str(path), stat.st_size, stat.st_mtime_ns, digest)
+    return result
 
 
 def resume_point(engine: Engine, symbol: str, interval: str) -> pd.Timestamp | None:

@@ -9,14 +9,11 @@ register themselves. This module imports neither torch, pandas nor MLflow.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.registry.pinned import PinnedPair
-
-if TYPE_CHECKING:
-    from kronos_tasks.data.watchlist import WatchItem
 
 
 @dataclass(frozen=True)
@@ -33,9 +30,10 @@ def _failures(values: dict[str, dict[str, str]]) -> dict[str, Failure]:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A daily run as its plan task fixed it: identity, resolved parameters and pinned weights."""
+    """A daily run as its plan task fixed it: identity, resolved parameters, pinned weights, and how many
+    entries its watchlist has in how many shards (the entries themselves are in the run_items table)."""
 
-    __version__: ClassVar[int] = 1
+    __version__: ClassVar[int] = 2
 
     run_id: str
     dag_id: str
@@ -46,6 +44,8 @@ class RunPlan:
     pinned: PinnedPair
     max_failed_share: float
     max_staleness: int | None = None  # bars a symbol may lag its calendar (None: the interval's default)
+    shards: int = 1
+    symbols: int = 0
 
     @property
     def seed(self) -> int:
@@ -66,72 +66,55 @@ class RunPlan:
 
 
 @dataclass(frozen=True)
-class Shard:
-    """A slice of the run's watchlist: one ingest task and one forecast task."""
-
-    __version__: ClassVar[int] = 1
-
-    index: int
-    items: tuple[WatchItem, ...]
-
-    def serialize(self) -> dict[str, Any]:
-        return {"index": self.index, "items": [item.to_dict() for item in self.items]}
-
-    @staticmethod
-    def deserialize(data: dict[str, Any], version: int) -> Shard:
-        from kronos_tasks.data.watchlist import WatchItem
-
-        return Shard(data["index"], tuple(WatchItem(**item) for item in data["items"]))
-
-
-@dataclass(frozen=True)
-class IngestedBatch:
-    """The ingest of one shard: its entries, the bars written per symbol and the symbols that failed."""
-
-    __version__: ClassVar[int] = 1
-
-    shard: Shard
-    written: dict[str, int] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def serialize(self) -> dict[str, Any]:
-        return {"shard": self.shard.serialize(), "written": self.written, "failed": self.failed}
-
-    @staticmethod
-    def deserialize(data: dict[str, Any], version: int) -> IngestedBatch:
-        return IngestedBatch(Shard.deserialize(data["shard"], version), data["written"], data["failed"])
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """The forecast of one shard: the symbols forecast and staged, the failures (ingest ones included),
-    each forecast symbol's data window hash, and where and how fast it ran."""
+class IngestSummary:
+    """The ingest of one shard: its entries, how many failed, bars written, files skipped as unchanged."""
 
     __version__: ClassVar[int] = 1
 
     shard: int
-    ok: tuple[str, ...]
-    failed: dict[str, Failure]
-    hashes: dict[str, str]
+    entries: int
+    failed: int
+    bars_written: int
+    unchanged: int
+
+    def serialize(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def deserialize(data: dict[str, Any], version: int) -> IngestSummary:
+        return IngestSummary(**data)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The forecast of one shard: how many symbols were forecast and staged and how many failed (which, and
+    why, is in the database), and where and how fast it ran."""
+
+    __version__: ClassVar[int] = 2
+
+    shard: int
+    ok: int
+    failed: int
     bars: int  # bars generated: symbols x sample paths x pred_len
     forecast_seconds: float
     load_seconds: float
+    read_seconds: float
     device: str
     host: str
+    threads: int
 
     def serialize(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["ok"] = list(self.ok)
-        return values
+        return asdict(self)
 
     @staticmethod
     def deserialize(data: dict[str, Any], version: int) -> BatchResult:
-        return BatchResult(**{**data, "ok": tuple(data["ok"]), "failed": _failures(data["failed"])})
+        return BatchResult(**data)
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """A stored run: its status, counts, failures and speed, and the share of failures it may have."""
+    """A stored run: its status, counts, the first failures (all are in the database), speed, and the share
+    of failures it may have."""
 
     __version__: ClassVar[int] = 1
 
@@ -159,8 +142,8 @@ class RunSummary:
 
 # PinnedPair travels too (the rollout DAG passes the candidate and the champion): a flat dataclass,
 # which Airflow's serialiser rebuilds from its fields.
-PAYLOADS = (RunPlan, Shard, IngestedBatch, BatchResult, RunSummary, PinnedPair)
-__all__ = ["BatchResult", "Failure", "IngestedBatch", "PinnedPair", "RunPlan", "RunSummary", "Shard"]
+PAYLOADS = (RunPlan, IngestSummary, BatchResult, RunSummary, PinnedPair)
+__all__ = ["BatchResult", "Failure", "IngestSummary", "PinnedPair", "RunPlan", "RunSummary"]
 
 
 def _allow_in_xcom() -> None:

@@ -41,3 +41,32 @@ def utc(moment: datetime | str) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ParamsError(f"{moment!r} has no timezone; give the time with its offset.")
     return datetime.fromtimestamp(moment.timestamp(), timezone.utc)
+
+
+def cores_owned() -> int:
+    """CPU cores this process may run on, shared among the worker's concurrent task slots: the cores in the
+    process's affinity divided by the Celery worker concurrency (AIRFLOW__CELERY__WORKER_CONCURRENCY, 1 when
+    unset)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        slots = max(1, int(os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "1")))
+    except ValueError:
+        slots = 1
+    return max(1, cores // slots)
+
+
+def own_threads() -> int:
+    """Set torch's intra- and inter-op threads for this task from KRONOS_TORCH_THREADS (``auto``: the cores it
+    owns, see ``cores_owned``) -> the intra-op thread count. torch's default (every core of the machine per
+    process) oversubscribes shared cores and makes a batch's time vary by orders of magnitude."""
+    import torch
+
+    wanted = settings().torch_threads or cores_owned()
+    torch.set_num_threads(wanted)
+    try:
+        torch.set_num_interop_threads(1 if wanted == 1 else 2)
+    except RuntimeError:
+        pass  # already set in this process (inter-op threads can be set once, before any parallel work)
+    return wanted

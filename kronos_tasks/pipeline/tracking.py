@@ -18,18 +18,19 @@ import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric
 from sqlalchemy import select
 
-from kronos_tasks.forecasting.windows import summary_frame
 from kronos_tasks.registry.mlflow_setup import client, ensure_experiment
 from kronos_tasks.registry.pinned import PinnedPair
 from kronos_tasks.registry.runs import finish_run, start_run
 from kronos_tasks.settings import redact
-from kronos_tasks.storage import instrument, read_bars, run_windows, update_run
+from kronos_tasks.storage import get_run, instrument, item_failures, read_bars, run_windows, update_run
 from kronos_tasks.storage.models import Forecast, ForecastWindow
 
 from . import runtime
 from .payloads import RunPlan, RunSummary
 
-CHARTED_SYMBOLS = 50  # one chart per symbol up to this many; the overview shows the first few
+CSV_CHUNK = 20_000
+PER_SYMBOL_DATASETS = 500  # above this many symbols a run logs one dataset for all its windows
+CHARTED_SYMBOLS = 12  # one chart per symbol for the first ones; the overview shows the first few
 OVERVIEW_SYMBOLS = 4
 HISTORY_SHOWN = 60
 DESCRIBED_WINDOWS = 30  # rows of the window table in the run's description (the datasets list every one)
@@ -43,15 +44,42 @@ DATASET_SCHEMA = json.dumps(
 )
 
 
-def _forecast_frame(run_id: str, symbols: list[str] | None = None, feature: str | None = None) -> pd.DataFrame:
+def summary_frame(rows: list[dict]) -> pd.DataFrame:
+    """Forecast rows as a flat frame (quantiles as columns q0.1, ...), for CSV output and MLflow artifacts."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    quantiles = pd.DataFrame(list(frame.pop("quantiles"))).add_prefix("q")
+    return pd.concat([frame.reset_index(drop=True), quantiles], axis=1)
+
+
+def _forecast_query(run_id: str, symbols: list[str] | None = None, feature: str | None = None):
     query = select(*Forecast.__table__.columns).where(Forecast.run_id == run_id)
     if symbols is not None:
         query = query.where(Forecast.symbol.in_(symbols))
     if feature is not None:
         query = query.where(Forecast.feature == feature)
+    return query.order_by(Forecast.symbol, Forecast.feature, Forecast.step)
+
+
+def _forecast_frame(run_id: str, symbols: list[str] | None = None, feature: str | None = None) -> pd.DataFrame:
     with runtime.engine().connect() as connection:
-        rows = connection.execute(query.order_by(Forecast.symbol, Forecast.feature, Forecast.step)).mappings().all()
+        rows = connection.execute(_forecast_query(run_id, symbols, feature)).mappings().all()
     return summary_frame([dict(r) for r in rows])
+
+
+def write_forecasts_csv(run_id: str, path: Path) -> int:
+    """The run's forecasts as CSV, streamed ``CSV_CHUNK`` rows at a time (memory does not grow with the run)."""
+    written = 0
+    with runtime.engine().connect() as connection, path.open("w", newline="") as out:
+        result = connection.execution_options(stream_results=True, yield_per=CSV_CHUNK).execute(_forecast_query(run_id))
+        for chunk in result.mappings().partitions(CSV_CHUNK):
+            frame = summary_frame([dict(r) for r in chunk])
+            frame.to_csv(out, index=False, header=written == 0)
+            written += len(frame)
+    if written == 0:
+        path.write_text("")
+    return written
 
 
 def run_name(run: RunPlan, symbols: int) -> str:
@@ -66,8 +94,27 @@ def version_link(name: str, version: str) -> str:
     return f"[{name} v{version}](#/models/{name}/versions/{version})"
 
 
-def dataset_inputs(windows: list[ForecastWindow], db_url: str) -> list[DatasetInput]:
-    """One MLflow dataset per symbol: the stored bars its forecast read."""
+def dataset_inputs(windows: list[ForecastWindow], db_url: str, combined: str | None = None) -> list[DatasetInput]:
+    """One MLflow dataset per symbol: the stored bars its forecast read; above PER_SYMBOL_DATASETS symbols,
+    one dataset for all of them (digest = the run's combined window hash; forecast_windows.csv lists each)."""
+    if len(windows) > PER_SYMBOL_DATASETS:
+        profile = {
+            "symbols": len(windows),
+            "num_rows": sum(w.bars for w in windows),
+            "first_bar": min(w.first_ts for w in windows).isoformat(),
+            "last_bar": max(w.last_ts for w in windows).isoformat(),
+            "sha256": combined,
+            "per_symbol": "forecast_windows.csv",
+        }
+        dataset = Dataset(
+            name=f"{len(windows)} symbols",
+            digest=(combined or "")[:DIGEST_CHARS],
+            source_type="kronos-bars",
+            source=json.dumps({"database": redact(db_url), "table": "bars", "windows": "forecast_windows"}),
+            schema=DATASET_SCHEMA,
+            profile=json.dumps(profile),
+        )
+        return [DatasetInput(dataset, [InputTag("mlflow.data.context", "forecast")])]
     inputs = []
     for w in windows:
         source = {"database": redact(db_url), "table": "bars", "symbol": w.symbol, "interval": w.interval}
@@ -202,7 +249,8 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
     run_id = start_run(mlflow, experiment, name, tags, replaces={"run_id": run.run_id})
     try:
         models = [LoggedModelInput(i) for i in (pair.model_logged_id, pair.tokenizer_logged_id) if i]
-        datasets = dataset_inputs(windows, settings.db_url)
+        stored = get_run(engine, run.run_id)
+        datasets = dataset_inputs(windows, settings.db_url, stored.data_window_hash if stored else None)
         for start in range(0, max(len(datasets), 1), DATASET_BATCH):
             mlflow.log_inputs(run_id, datasets=datasets[start : start + DATASET_BATCH], models=models)
             models = []
@@ -218,11 +266,15 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
             metrics = {}
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder)
-            _forecast_frame(run.run_id).to_csv(out / "forecasts.csv", index=False)
-            pd.DataFrame(
-                [{"symbol": s, "stage": f.stage, "reason": f.reason} for s, f in sorted(summary.failures.items())],
-                columns=["symbol", "stage", "reason"],
-            ).to_csv(out / "failures.csv", index=False)
+            write_forecasts_csv(run.run_id, out / "forecasts.csv")
+            pd.DataFrame(item_failures(engine, run.run_id), columns=["symbol", "stage", "reason"]).to_csv(
+                out / "failures.csv", index=False
+            )
+            if len(windows) > PER_SYMBOL_DATASETS:
+                pd.DataFrame(
+                    [(w.symbol, w.interval, w.first_ts, w.last_ts, w.bars, w.sha256) for w in windows],
+                    columns=["symbol", "interval", "first_bar", "last_bar", "bars", "sha256"],
+                ).to_csv(out / "forecast_windows.csv", index=False)
             write_charts(run, windows, out)
             finish_run(mlflow, run_id, params, metrics, out, failed=summary.status == "failed")
     except Exception:

@@ -1,9 +1,9 @@
-"""Registered versions and alias moves read straight from an MLflow SQL store, without importing MLflow.
+"""The registry read without importing MLflow: versions, alias moves and the pinning of a reference.
 
-``kronos-flow models`` on a local store would spend two and a half seconds importing MLflow to run three
-queries; this module runs them with SQLAlchemy on MLflow's own tables (registry: ``model_versions``,
-``model_version_tags``, ``registered_model_aliases``; tracking: ``experiments``, ``runs``, ``params``).
-Read only. A tracking server (http) is read through ``Registry`` instead.
+Importing MLflow takes two and a half seconds, more than the queries `kronos-flow models` and a daily
+run's plan make. On a local store this module runs them with SQLAlchemy on MLflow's own tables
+(registry: ``model_versions``, ``model_version_tags``, ``registered_model_aliases``; tracking:
+``experiments``, ``runs``, ``params``); against a tracking server ``pin`` uses its REST API. Read only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from datetime import datetime, timezone
 
 from sqlalchemy import MetaData, Table, create_engine, inspect, select
 
-TAG_PREFIX = "kronos."
+from kronos_tasks.settings import redact
+
+from .pinned import TAG_PREFIX, PinnedPair, RegistryError, kronos_tags, missing_version, pair_of, parse_ref
+
 SQL_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
 
 
@@ -115,3 +118,127 @@ def sql_moves(tracking_uri: str, experiment: str, model_name: str) -> dict[str, 
             Move(p["at"], p["actor"], p["action"], p["from_version"] or None, p["to_version"], p["reason"])
         )
     return dict(moves)
+
+
+def pin(settings, ref: str | None = None) -> PinnedPair:
+    """The versions and checksums a reference (default: the configured alias) points at, without fetching
+    the weights or importing MLflow: SQL on a local store, the REST API of a tracking server (MLflow's
+    client for any other registry). The paths are empty: ``Registry.resolve`` fetches and verifies the
+    weights where they are used."""
+    name, which = parse_ref(ref or settings.model_alias, settings.model_name)
+    uri = settings.mlflow_registry_uri
+    if is_sql_store(uri):
+        reader = _SqlVersions(uri)
+    elif uri.startswith(("http://", "https://")):
+        reader = _RestVersions(uri)
+    else:
+        from .registry import Registry
+
+        return Registry(settings).resolve(ref)
+    model, alias = reader.version(name, which)
+    tags = kronos_tags(model["tags"])
+    if "tokenizer_version" not in tags:
+        raise RegistryError(f"{name} version {model['version']} names no tokenizer version; register it again.")
+    tokenizer, _ = reader.version(tags["tokenizer_name"], tags["tokenizer_version"])
+    return pair_of(model, tokenizer, alias)
+
+
+class _SqlVersions:
+    """Model versions from MLflow's registry tables."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def version(self, name: str, ref: str) -> tuple[dict, str | None]:
+        engine, tables = _tables(self.uri, "model_versions", "model_version_tags", "registered_model_aliases")
+        if engine is None:
+            raise missing_version(name, ref, [])
+        versions, tags, aliases = tables
+        alias = None if ref.isdigit() else ref
+        with engine.connect() as connection:
+            if alias:
+                number = connection.execute(
+                    select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)
+                ).scalar()
+            else:
+                number = int(ref)
+            row = None
+            if number is not None:
+                row = (
+                    connection.execute(
+                        select(versions.c.name, versions.c.version, versions.c.run_id, versions.c.source).where(
+                            versions.c.name == name,
+                            versions.c.version == number,
+                            versions.c.current_stage != "Deleted_Internal",
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+            if row is None:
+                known = connection.execute(select(versions.c.version).where(versions.c.name == name)).scalars()
+                engine.dispose()
+                raise missing_version(name, ref, sorted(int(v) for v in known))
+            found = dict(
+                connection.execute(
+                    select(tags.c.key, tags.c.value).where(tags.c.name == name, tags.c.version == number)
+                ).all()
+            )
+        engine.dispose()
+        return {**row, "tags": found}, alias
+
+
+class _RestVersions:
+    """Model versions from a tracking server's REST API (credentials as MLflow's client takes them)."""
+
+    def __init__(self, uri: str):
+        from kronos_tasks.settings import split_userinfo
+
+        self.base, user, password = split_userinfo(uri)
+        self.base = self.base.rstrip("/")
+        self.user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
+        self.password = password if user else os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        self.token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+
+    def _get(self, path: str, **query) -> dict | None:
+        import base64
+        import json
+        import ssl
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.base}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        elif self.user:
+            secret = base64.b64encode(f"{self.user}:{self.password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {secret}")
+        certificate = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        context = ssl.create_default_context(cafile=certificate) if certificate else None
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=context) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise RegistryError(
+                f"the MLflow server at {redact(self.base)} answered {exc.code} to {path}: check "
+                "MLFLOW_TRACKING_USERNAME/PASSWORD and your permission on the registered model."
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(f"cannot reach the MLflow server at {redact(self.base)}: {exc}") from None
+
+    def version(self, name: str, ref: str) -> tuple[dict, str | None]:
+        alias = None if ref.isdigit() else ref
+        if alias:
+            found = self._get("registered-models/alias", name=name, alias=alias)
+        else:
+            found = self._get("model-versions/get", name=name, version=ref)
+        if not found:
+            listed = self._get("model-versions/search", filter=f"name='{name}'") or {}
+            raise missing_version(name, ref, sorted(int(v["version"]) for v in listed.get("model_versions", [])))
+        version = found["model_version"]
+        tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+        fields = {"name": version["name"], "version": version["version"], "run_id": version.get("run_id")}
+        return {**fields, "source": version.get("source"), "tags": tags}, alias

@@ -10,12 +10,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from kronos_tasks.errors import KronosFlowError
 from kronos_tasks.settings import Settings, redact, split_userinfo
 
-
-class RegistryError(KronosFlowError, RuntimeError):
-    """The model registry cannot do what was asked; the message says why and what to do."""
+from .pinned import RegistryError  # noqa: F401  (raised here; defined where no MLflow is imported)
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -2,8 +2,80 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from kronos_tasks.errors import KronosFlowError
+
+TAG_PREFIX = "kronos."
+DEFAULT_MAX_CONTEXT = 512
+
+
+class RegistryError(KronosFlowError, RuntimeError):
+    """The model registry cannot do what was asked; the message says why and what to do."""
+
+
+def parse_ref(ref: str, default_name: str) -> tuple[str, str]:
+    """``champion``, ``@champion``, ``3``, ``NAME@alias``, ``NAME/3``, ``models:/NAME@alias`` -> (name, ref)."""
+    text = ref.removeprefix("models:/").strip()
+    match = re.fullmatch(r"(?:(?P<name>[^@/]+)[@/])?@?(?P<ref>[A-Za-z0-9_.-]+)", text)
+    if not match:
+        raise RegistryError(f"cannot read model reference {ref!r}; use an alias, a version or NAME@alias.")
+    return match.group("name") or default_name, match.group("ref")
+
+
+def kronos_tags(tags: dict[str, str]) -> dict[str, str]:
+    """A version's kronos tags without their prefix."""
+    return {k[len(TAG_PREFIX) :]: v for k, v in (tags or {}).items() if k.startswith(TAG_PREFIX)}
+
+
+def logged_model_id(source: str | None) -> str | None:
+    """The MLflow 3 logged model a version was registered from (None for versions registered before)."""
+    source = source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def missing_version(name: str, ref: str, known: list[int] | None) -> RegistryError:
+    """The error for a version number or alias that ``name`` does not have."""
+    if ref.isdigit():
+        return RegistryError(f"{name} has no version {ref} (versions: {known or 'none'}); see `kronos-flow models`.")
+    return RegistryError(
+        f"{name} has no alias @{ref}: register a pair with `kronos-flow register --tokenizer DIR --model DIR "
+        f"--alias {ref}` or point it at a version with `kronos-flow promote VERSION --alias {ref}`."
+    )
+
+
+def pair_of(
+    model: dict[str, Any],
+    tokenizer: dict[str, Any],
+    alias: str | None,
+    model_path: str = "",
+    tokenizer_path: str = "",
+) -> PinnedPair:
+    """The pinned pair of two registry versions given as {name, version, run_id, source, tags (all of them)}.
+
+    Paths are empty until the versions are fetched (``Registry.resolve`` downloads and verifies them).
+    """
+    tags, tokenizer_tags = kronos_tags(model["tags"]), kronos_tags(tokenizer["tags"])
+    return PinnedPair(
+        model_name=model["name"],
+        model_version=str(model["version"]),
+        model_sha256=tags["sha256"],
+        model_run_id=model["run_id"],
+        model_path=model_path,
+        tokenizer_name=tokenizer["name"],
+        tokenizer_version=str(tokenizer["version"]),
+        tokenizer_sha256=tokenizer_tags["sha256"],
+        tokenizer_run_id=tokenizer["run_id"],
+        tokenizer_path=tokenizer_path,
+        max_context=int(tags.get("max_context", DEFAULT_MAX_CONTEXT)),
+        alias=alias,
+        trained=tags.get("trained", "true") == "true",
+        model_logged_id=logged_model_id(model["source"]),
+        tokenizer_logged_id=logged_model_id(tokenizer["source"]),
+        note=tags.get("note"),
+    )
 
 
 @dataclass(frozen=True)

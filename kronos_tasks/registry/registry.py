@@ -16,7 +16,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -30,22 +29,29 @@ from mlflow.exceptions import MlflowException
 
 import kronos_tasks
 from kronos_tasks.hashing import sha256_file
-from kronos_tasks.model import Kronos, KronosConfig, KronosTokenizer, TokenizerConfig, check_pair, load_pretrained
-from kronos_tasks.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, weights_path
-from kronos_tasks.model.config import ConfigError
 from kronos_tasks.settings import Settings
 
 from .listing import Move
-from .mlflow_setup import RegistryError, client, ensure_experiment
-from .pinned import PinnedPair
-from .runs import TAG_PREFIX, finish_run, record_run, start_run
+from .mlflow_setup import client, ensure_experiment
+from .pinned import (
+    DEFAULT_MAX_CONTEXT,
+    TAG_PREFIX,
+    PinnedPair,
+    RegistryError,
+    kronos_tags,
+    missing_version,
+    pair_of,
+    parse_ref,
+)
+from .runs import finish_run, record_run, start_run
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"  # the Hugging Face layout (model.checkpoint)
 
 REGISTRY_EXPERIMENT = "kronos-registry"
 LEGACY_HISTORY_TAG = TAG_PREFIX + "alias_history."  # raw JSON kept by earlier releases; removed on the next move
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 HISTORY_RUNS = 500  # the most alias moves read back per alias
 HISTORY_SHOWN = 20  # moves per alias in the registered model's description
-DEFAULT_MAX_CONTEXT = 512
 MODEL_DESCRIPTIONS = {
     "tokenizer": "Kronos tokenizers (BSQ), safetensors + JSON.",
     "model": "Kronos predictors, safetensors + JSON.",
@@ -65,6 +71,10 @@ def identity() -> str:
 
 def _describe(kind: str, folder: Path) -> tuple[dict, dict[str, str]]:
     """Validate a checkpoint folder -> (its config, its registry tags). Loads it once to check every tensor."""
+    from kronos_tasks.model import Kronos, KronosConfig, KronosTokenizer, TokenizerConfig, load_pretrained
+    from kronos_tasks.model.checkpoint import CheckpointError, read_config, weights_path
+    from kronos_tasks.model.config import ConfigError
+
     values = read_config(folder)
     source = str(folder / CONFIG_FILE)
     try:
@@ -100,13 +110,17 @@ def _prefixed(tags: dict[str, str]) -> dict[str, str]:
 
 
 def _tags(version: ModelVersion) -> dict[str, str]:
-    return {k[len(TAG_PREFIX) :]: v for k, v in (version.tags or {}).items() if k.startswith(TAG_PREFIX)}
+    return kronos_tags(version.tags)
 
 
-def logged_model_id(version: ModelVersion) -> str | None:
-    """The MLflow 3 logged model a version was registered from (None for versions registered before)."""
-    source = version.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+def _fields(version: ModelVersion) -> dict:
+    return {
+        "name": version.name,
+        "version": version.version,
+        "run_id": version.run_id,
+        "source": version.source,
+        "tags": version.tags or {},
+    }
 
 
 def _flat_params(values: dict) -> dict[str, str]:
@@ -152,6 +166,9 @@ class Registry:
         added to the model version's tags under ``kronos.lineage.``; ``note`` (a short warning such as
         "demonstration model") is shown wherever the version's forecasts are (charts, CLI).
         """
+        from kronos_tasks.model import KronosConfig, TokenizerConfig, check_pair
+        from kronos_tasks.model.config import ConfigError
+
         tokenizer_dir, model_dir = Path(tokenizer_dir), Path(model_dir)
         tokenizer_values, tokenizer_tags = _describe("tokenizer", tokenizer_dir)
         model_values, model_tags = _describe("model", model_dir)
@@ -279,23 +296,12 @@ class Registry:
                 return self.client.get_model_version(name, ref), None
             return self.client.get_model_version_by_alias(name, ref), ref
         except MlflowException as exc:
-            if ref.isdigit():
-                known = sorted(int(v.version) for v in self._versions(name))
-                raise RegistryError(
-                    f"{name} has no version {ref} (versions: {known or 'none'}); see `kronos-flow models`."
-                ) from exc
-            raise RegistryError(
-                f"{name} has no alias @{ref}: register a pair with `kronos-flow register --tokenizer DIR --model DIR "
-                f"--alias {ref}` or point it at a version with `kronos-flow promote VERSION --alias {ref}`."
-            ) from exc
+            known = sorted(int(v.version) for v in self._versions(name)) if ref.isdigit() else None
+            raise missing_version(name, ref, known) from exc
 
     def parse_ref(self, ref: str) -> tuple[str, str]:
         """``champion``, ``@champion``, ``3``, ``NAME@alias``, ``NAME/3``, ``models:/NAME@alias`` -> (name, ref)."""
-        text = ref.removeprefix("models:/").strip()
-        match = re.fullmatch(r"(?:(?P<name>[^@/]+)[@/])?@?(?P<ref>[A-Za-z0-9_.-]+)", text)
-        if not match:
-            raise RegistryError(f"cannot read model reference {ref!r}; use an alias, a version or NAME@alias.")
-        return match.group("name") or self.model_name, match.group("ref")
+        return parse_ref(ref, self.model_name)
 
     def resolve(self, ref: str | None = None) -> PinnedPair:
         """Pin a model reference (default: the configured alias) to versions with verified local copies."""
@@ -305,23 +311,8 @@ class Registry:
         if "tokenizer_version" not in tags:
             raise RegistryError(f"{name} version {model.version} names no tokenizer version; register it again.")
         tokenizer, _ = self._version(tags["tokenizer_name"], tags["tokenizer_version"])
-        return PinnedPair(
-            model_name=name,
-            model_version=str(model.version),
-            model_sha256=tags["sha256"],
-            model_run_id=model.run_id,
-            model_path=str(self._download(model)),
-            tokenizer_name=tokenizer.name,
-            tokenizer_version=str(tokenizer.version),
-            tokenizer_sha256=_tags(tokenizer)["sha256"],
-            tokenizer_run_id=tokenizer.run_id,
-            tokenizer_path=str(self._download(tokenizer)),
-            max_context=int(tags.get("max_context", DEFAULT_MAX_CONTEXT)),
-            alias=alias,
-            trained=tags.get("trained", "true") == "true",
-            model_logged_id=logged_model_id(model),
-            tokenizer_logged_id=logged_model_id(tokenizer),
-            note=tags.get("note"),
+        return pair_of(
+            _fields(model), _fields(tokenizer), alias, str(self._download(model)), str(self._download(tokenizer))
         )
 
     def _download(self, version: ModelVersion) -> Path:

@@ -1,7 +1,8 @@
 """The forecasts database: SQLAlchemy models, Alembic migrations, idempotent writes."""
 
-from .bars import bar_count, instrument, read_bars, write_bars
+from .bars import bar_count, instrument, read_bars, record_source, source_record, write_bars
 from .db import DatabaseError, current_revision, downgrade, make_engine, require_schema, upgrade, upsert
+from .items import fail_items, item_counts, item_failures, plan_items, read_windows, reset_shard, shard_items
 from .runs import (
     clear_staging,
     get_run,
@@ -15,6 +16,13 @@ from .runs import (
 )
 
 __all__ = [
+    "fail_items",
+    "item_counts",
+    "item_failures",
+    "plan_items",
+    "read_windows",
+    "reset_shard",
+    "shard_items",
     "DatabaseError",
     "bar_count",
     "clear_staging",
@@ -29,6 +37,8 @@ __all__ = [
     "make_engine",
     "persist_run",
     "read_bars",
+    "record_source",
+    "source_record",
     "record_decision",
     "require_schema",
     "update_run",

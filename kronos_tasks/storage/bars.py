@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from kronos_tasks.data.schema import FEATURES
 
 from .db import upsert, upsert_frame
-from .models import Bar, Instrument
+from .models import Bar, Instrument, SourceFile
 
 
 def _now() -> datetime:
@@ -94,3 +94,24 @@ def bar_count(engine: Engine, symbol: str | None = None) -> int:
         query = query.where(Bar.symbol == symbol)
     with engine.connect() as connection:
         return connection.execute(query).scalar_one()
+
+
+def source_record(engine: Engine, symbol: str, interval: str) -> SourceFile | None:
+    """What a symbol's bar file looked like when it was last ingested (None: never ingested from a file)."""
+    with Session(engine) as session:
+        return session.get(SourceFile, (symbol, interval))
+
+
+def record_source(engine: Engine, symbol: str, interval: str, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+    """Remember a symbol's bar file as just ingested."""
+    row = {
+        "symbol": symbol,
+        "interval": interval,
+        "path": path,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "sha256": sha256,
+        "ingested_at": _now(),
+    }
+    with engine.begin() as connection:
+        upsert(connection, SourceFile.__table__, [row], ["symbol", "interval"])

@@ -198,6 +198,43 @@ class StagedWindow(Base):
     staged_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class RunItem(Base):
+    """One watchlist entry of a daily run: its shard, and once it failed, the stage and the reason.
+
+    Written by the plan task; ingest and forecast tasks read their shard's entries by key and record
+    failures here, so that Airflow passes only ids and counts between tasks.
+    """
+
+    __tablename__ = "run_items"
+    run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer)  # order in the watchlist
+    shard: Mapped[int] = mapped_column(Integer)
+    exchange: Mapped[str] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    file: Mapped[str | None] = mapped_column(Text)
+    ticker: Mapped[str | None] = mapped_column(String(64))
+    stage: Mapped[str | None] = mapped_column(String(16))  # None: not failed; else ingest, stale, window, forecast
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_run_items_run_shard", "run_id", "shard"),)
+
+
+class SourceFile(Base):
+    """A symbol's bar file as it was when last ingested: unchanged files are skipped, grown ones tail-read."""
+
+    __tablename__ = "source_files"
+    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
+    interval: Mapped[str] = mapped_column(String(16), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the whole file at that size
+    ingested_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class SymbolFailure(Base):
     """A symbol a run could not forecast, and why."""
 

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, literal, select
 from sqlalchemy.orm import Session
+
+from kronos_tasks.hashing import combine
 
 from .db import insert_rows, upsert
 from .models import (
@@ -16,6 +18,7 @@ from .models import (
     ForecastScore,
     ForecastWindow,
     ModelDecision,
+    RunItem,
     StagedForecast,
     StagedWindow,
     SymbolFailure,
@@ -53,13 +56,17 @@ def clear_staging(engine: Engine, run_id: str) -> None:
 
 
 def persist_run(
-    engine: Engine, run: dict[str, Any], forecasts: Sequence[dict[str, Any]] | None, failures: Sequence[dict[str, Any]]
+    engine: Engine,
+    run: dict[str, Any],
+    forecasts: Sequence[dict[str, Any]] | None,
+    failures: Sequence[dict[str, Any]] | None,
 ) -> int:
     """Store a run, its forecasts and its failed symbols atomically; returns the number of forecast rows.
 
-    ``forecasts=None`` takes the rows staged for the run (and clears the staging). Re-running the same
-    ``run_id`` replaces the run's rows (and drops the scores of the rows it replaces) in the same
-    transaction: readers see the old run or the new one, never a mix or a duplicate.
+    ``forecasts=None`` takes the rows and windows staged for the run (and clears the staging) and sets the
+    run's ``data_window_hash`` from the windows; ``failures=None`` takes the failed entries of the run's
+    ``run_items``. Re-running the same ``run_id`` replaces the run's rows (and drops the scores of the rows
+    it replaces) in the same transaction: readers see the old run or the new one, never a mix or a duplicate.
     """
     run_id = run["run_id"]
     with engine.begin() as connection:
@@ -75,9 +82,30 @@ def persist_run(
             written = connection.execute(
                 select(func.count()).select_from(Forecast).where(Forecast.run_id == run_id)
             ).scalar_one()
+            hashes = dict(
+                connection.execute(
+                    select(ForecastWindow.symbol, ForecastWindow.sha256).where(ForecastWindow.run_id == run_id)
+                ).all()
+            )
+            connection.execute(
+                ForecastRun.__table__.update()
+                .where(ForecastRun.run_id == run_id)
+                .values(data_window_hash=combine(hashes) if hashes else None)
+            )
         else:
             written = insert_rows(connection, Forecast.__table__, list(forecasts))
-        insert_rows(connection, SymbolFailure.__table__, list(failures))
+        if failures is None:
+            failed = select(
+                RunItem.run_id,
+                RunItem.symbol,
+                RunItem.stage,
+                RunItem.reason,
+                literal(datetime.now(timezone.utc), SymbolFailure.__table__.c.recorded_at.type),
+            ).where(RunItem.run_id == run_id, RunItem.stage.is_not(None))
+            columns = ["run_id", "symbol", "stage", "reason", "recorded_at"]
+            connection.execute(SymbolFailure.__table__.insert().from_select(columns, failed))
+        else:
+            insert_rows(connection, SymbolFailure.__table__, list(failures))
     return written
 
 

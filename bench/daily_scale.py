@@ -1,0 +1,255 @@
+"""The daily DAG at scale: N synthetic symbols through Airflow's test runner on PostgreSQL.
+
+    python bench/daily_scale.py --symbols 100 1000 10000 [--preset tiny|Kronos-small] [--json FILE]
+
+For each N: a fresh KRONOS_HOME, a PostgreSQL database for the forecasts, a random pair of the preset
+registered at @champion, N files of 600 daily bars (bench/synthetic.py) and a watchlist naming them. Two
+runs of `kronos_daily_forecast` (the DAG's defaults: lookback 488, pred_len 24, 16 samples, quantiles
+0.1/0.5/0.9): day 1 loads every file, day 2 runs after one bar was appended to each (the steady state of a
+daily schedule). Per run: wall time of the DAG run, each task's time (from dag.test's log), the model's
+time inside the forecast tasks (the run's forecast_seconds), peak RSS of the run's process, and XCom: the
+values stored and what the tasks read (each task's inputs, from the stored values). Then the model-only
+time of the same windows: every symbol's window read and decoded through `predict_windows` in this
+process with the same parameters, seed and threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import synthetic  # noqa: E402
+
+DAY_1, DAY_2 = "2024-08-27", "2024-08-28"
+BARS = 600
+DAG = "kronos_daily_forecast"
+TASK_LINE = re.compile(r"^(\S+) .*\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")
+
+
+def postgres_database(name: str) -> str:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def task_seconds(log: str) -> dict[str, float]:
+    """Seconds per task (mapped tasks summed over their map indexes) from dag.test's log."""
+    started, spent = {}, defaultdict(float)
+    for line in log.splitlines():
+        match = TASK_LINE.match(line)
+        if not match:
+            continue
+        at = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+        key = (match.group(3), match.group(4))
+        if match.group(2) == "starting":
+            started[key] = at
+        elif key in started:
+            spent[match.group(3)] += (at - started.pop(key)).total_seconds()
+    return dict(spent)
+
+
+def xcom_traffic(airflow_db: Path) -> dict[str, int]:
+    """Bytes of XCom stored by the run, and read by its tasks (each task's inputs: plan and shard list by
+    every mapped task, one ingest summary per forecast task, every forecast result by persist, the summary
+    by log and finish)."""
+    with sqlite3.connect(airflow_db) as db:
+        rows = db.execute("SELECT task_id, map_index, length(value) FROM xcom").fetchall()
+    stored = defaultdict(list)
+    for task, _, size in rows:
+        stored[task].append(size or 0)
+    total = sum(sum(v) for v in stored.values())
+    shards = len(stored.get("forecast", []))
+    plan = sum(stored.get("plan", [0]))
+    read = (
+        plan * (1 + 2 * shards + 2)  # shards, every ingest and forecast task, persist, log
+        + sum(stored.get("shards", [0]))
+        + sum(stored.get("ingest", []))
+        + sum(stored.get("forecast", []))
+        + 2 * sum(stored.get("persist", [0]))
+    )
+    return {"rows": len(rows), "written_bytes": total, "read_bytes": read, "per_symbol_rows": 0}
+
+
+# Runs the DAG run in a child and prints the largest resident set of it and its children (ru_maxrss, KB).
+PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', flush=True)\n"
+    "sys.exit(code)\n"
+)
+
+
+def run_day(env: dict, day: str, log_path: Path) -> dict:
+    logical = f"{day}T17:30:00-04:00"
+    command = [sys.executable, "-c", PEAK_WRAPPER, sys.executable, "-m", "kronos_tasks.pipeline.run_dag", DAG, logical]
+    started = time.perf_counter()
+    with log_path.open("w") as log:
+        child = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    text = log_path.read_text()
+    peak = int(re.findall(r"PEAK_RSS_KB=(\d+)", text)[-1]) / 1024
+    return {
+        "day": day,
+        "ok": child.returncode == 0,
+        "wall_seconds": round(wall, 2),
+        "tasks": {k: round(v, 2) for k, v in task_seconds(text).items()},
+        "peak_rss_mb": round(peak, 1),
+        "error_lines": sum("[error" in line for line in text.splitlines()),
+        "longest_log_line": max((len(line) for line in text.splitlines()), default=0),
+    }
+
+
+def model_only(env: dict, run_id: str) -> dict:
+    """The same windows decoded in this process: read every window, then time predict_windows alone."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("KRONOS_", "MLFLOW_"))})
+    from kronos_tasks.forecasting.engine import pinned_predictor
+    from kronos_tasks.forecasting.params import ForecastParams
+    from kronos_tasks.forecasting.windows import Window, predict_windows
+    from kronos_tasks.pipeline import runtime
+    from kronos_tasks.storage import get_run, run_windows
+
+    runtime.engine_for.cache_clear()
+    engine = runtime.engine()
+    run = get_run(engine, run_id)
+    params = ForecastParams.from_dict(run.extra["params"])
+    threads = runtime.own_threads()
+    pair = runtime.registry().resolve(f"{run.model_name}/{run.model_version}")
+    predictor = pinned_predictor(pair, "cpu", params.batch_size)
+    from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.storage import read_windows
+
+    stored = run_windows(engine, run_id)
+    items = [WatchItem(w.symbol, "XNYS", w.interval, None, "America/New_York") for w in stored]
+    history = read_windows(engine, items, max(w.last_ts for w in stored), params.lookback)
+    import pandas as pd
+
+    windows = [
+        Window(
+            item, history[item.symbol], pd.date_range(stored[0].last_ts, periods=params.pred_len + 1, freq="D")[1:], ""
+        )
+        for item in items
+    ]
+    started = time.perf_counter()
+    predicted, failed = predict_windows(predictor, windows, params, run.seed)
+    seconds = time.perf_counter() - started
+    return {"symbols": len(predicted), "failed": len(failed), "seconds": round(seconds, 2), "threads": threads}
+
+
+def measure(symbols: int, preset: str, shards: int | None) -> dict:
+    from kronos_tasks.model.presets import write_random_pair
+    from kronos_tasks.pipeline.airflow_env import airflow_environment, ensure_pool, migrate_metadata
+    from kronos_tasks.registry import Registry
+    from kronos_tasks.settings import Settings
+    from kronos_tasks.storage import get_run, make_engine, upgrade
+
+    work = Path(tempfile.mkdtemp(prefix=f"daily-scale-{symbols}-"))
+    data = work / "data"
+    watchlist = synthetic.write_universe(data, symbols, BARS, DAY_1)
+    db_url = postgres_database(f"kronos_scale_{symbols}_{os.getpid()}")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "MLFLOW_", "AIRFLOW"))}
+    environ.update(
+        {
+            "KRONOS_HOME": str(work / "home"),
+            "KRONOS_DB_URL": db_url,
+            "KRONOS_DEVICE": "cpu",
+            "KRONOS_DATA_DIR": str(data),
+            "KRONOS_WATCHLIST": str(watchlist),
+            "AIRFLOW_HOME": str(work / "airflow"),
+            "MLFLOW_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    if shards:
+        environ["KRONOS_FORECAST_SHARDS"] = str(shards)
+    settings = Settings.from_env(environ)
+    upgrade(make_engine(db_url))
+    registry = Registry(settings)
+    registry.register(*write_random_pair(work / "pair", preset, seed=0), alias="champion", trained=False)
+    env = airflow_environment(settings)
+    env.update(environ)
+    migrate_metadata(env)
+    ensure_pool(env, settings.gpu_pool, settings.gpu_pool_slots)
+    days = []
+    for day in (DAY_1, DAY_2):
+        if day == DAY_2:
+            synthetic.append_day(data, symbols, BARS, DAY_1)
+        result = run_day(env, day, work / f"{day}.log")
+        run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').astimezone(timezone.utc).isoformat()}"
+        stored = get_run(make_engine(db_url), run_id)
+        result.update(
+            {
+                "status": stored.status if stored else None,
+                "symbols_ok": stored.symbols_ok if stored else 0,
+                "model_seconds_in_run": round(stored.timings["forecast_seconds"], 2) if stored else None,
+                "read_seconds_in_run": round(stored.timings.get("read_seconds", 0), 2) if stored else None,
+                "threads": (stored.extra or {}).get("threads") if stored else None,
+                "shards": (stored.extra or {}).get("shards") if stored else None,
+                "xcom": xcom_traffic(work / "airflow" / "airflow.db"),
+            }
+        )
+        days.append(result)
+        with sqlite3.connect(work / "airflow" / "airflow.db") as db:
+            db.execute("DELETE FROM xcom")  # the next day's traffic on its own
+    alone = model_only(env, run_id)
+    steady = days[-1]
+    return {
+        "symbols": symbols,
+        "preset": preset,
+        "bars_per_symbol": BARS,
+        "days": days,
+        "model_only": alone,
+        "model_share_of_run": round(alone["seconds"] / steady["wall_seconds"], 3),
+        "per_symbol_seconds": round(steady["wall_seconds"] / symbols, 4),
+        "work": str(work),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "Kronos-small"])
+    parser.add_argument("--shards", type=int, help="KRONOS_FORECAST_SHARDS (default: the setting's default)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "when": datetime.now().isoformat()},
+        "runs": [],
+    }
+    for n in args.symbols:
+        found = measure(n, args.preset, args.shards)
+        results["runs"].append(found)
+        steady = found["days"][-1]
+        print(
+            f"N={n} {args.preset}: day 1 {found['days'][0]['wall_seconds']} s, day 2 {steady['wall_seconds']} s "
+            f"({found['per_symbol_seconds'] * 1000:.1f} ms/symbol), model-only {found['model_only']['seconds']} s "
+            f"({found['model_share_of_run']:.0%} of day 2), model in run {steady['model_seconds_in_run']} s, "
+            f"peak RSS {steady['peak_rss_mb']} MB, XCom {steady['xcom']['written_bytes']} B written / "
+            f"{steady['xcom']['read_bytes']} B read in {steady['xcom']['rows']} rows, tasks {steady['tasks']}",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
