@@ -155,7 +155,7 @@ def model_only(env: dict, run_id: str) -> dict:
     return {"symbols": len(predicted), "failed": len(failed), "seconds": round(seconds, 2), "threads": threads}
 
 
-def measure(symbols: int, preset: str, shards: int | None) -> dict:
+def measure(symbols: int, preset: str, shards: int | None, threads: str | None = None) -> dict:
     from kronos_tasks.model.presets import write_random_pair
     from kronos_tasks.pipeline.airflow_env import airflow_environment, ensure_pool, migrate_metadata
     from kronos_tasks.registry import Registry
@@ -180,6 +180,8 @@ def measure(symbols: int, preset: str, shards: int | None) -> dict:
     )
     if shards:
         environ["KRONOS_FORECAST_SHARDS"] = str(shards)
+    if threads:
+        environ["KRONOS_TORCH_THREADS"] = threads
     settings = Settings.from_env(environ)
     upgrade(make_engine(db_url))
     registry = Registry(settings)
@@ -214,6 +216,7 @@ def measure(symbols: int, preset: str, shards: int | None) -> dict:
     return {
         "symbols": symbols,
         "preset": preset,
+        "threads_setting": threads or "auto",
         "bars_per_symbol": BARS,
         "days": days,
         "model_only": alone,
@@ -228,6 +231,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "Kronos-small"])
     parser.add_argument("--shards", type=int, help="KRONOS_FORECAST_SHARDS (default: the setting's default)")
+    parser.add_argument("--threads", help="KRONOS_TORCH_THREADS (default: auto, the cores a task owns)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     results = {
@@ -235,7 +239,7 @@ def main() -> int:
         "runs": [],
     }
     for n in args.symbols:
-        found = measure(n, args.preset, args.shards)
+        found = measure(n, args.preset, args.shards, args.threads)
         results["runs"].append(found)
         steady = found["days"][-1]
         print(

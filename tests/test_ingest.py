@@ -198,11 +198,18 @@ def test_bars_that_overflow_float32_normalise_in_float64_and_forecast_finite(tin
 def test_daily_file_ingest_skips_an_unchanged_file_and_reads_a_grown_one_from_its_end(engine, tmp_path, monkeypatch):
     from kronos_tasks.data import sources
     from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.pipeline import ingest
     from kronos_tasks.pipeline.ingest import OVERLAP_BARS, ingest_file_incremental
 
-    parsed = []
-    original = sources._read_table
-    monkeypatch.setattr(sources, "_read_table", lambda *a: parsed.append(len(frame := original(*a))) or frame)
+    parsed = []  # rows of every table parsed, a whole file or the combined ends of grown ones
+    original = sources.series_from_frame
+
+    def counted(frame, *args, **kwargs):
+        parsed.append(len(frame))
+        return original(frame, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "series_from_frame", counted)
+    monkeypatch.setattr(ingest, "series_from_frame", counted)
     lines = (SAMPLE_DATA / "GOOG_1d.csv").read_text().splitlines(keepends=True)
     path = tmp_path / "GOOG_1d.csv"
     path.write_text("".join(lines[:301]))  # the header and 300 bars
@@ -235,3 +242,32 @@ def test_daily_file_ingest_skips_an_unchanged_file_and_reads_a_grown_one_from_it
     path.write_text(text.replace(lines[5], lines[5].replace(",", ", ", 1)[:-2] + "\n", 1))
     ingest_file_incremental(engine, path, item)
     assert parsed[-1] == 303
+
+
+def test_grown_files_are_read_together_and_a_bad_one_fails_alone(engine, tmp_path):
+    from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.pipeline.ingest import ingest_files
+
+    lines = (SAMPLE_DATA / "GOOG_1d.csv").read_text().splitlines(keepends=True)
+    entries = []
+    for name in ("AAA", "BBB", "CCC"):
+        path = tmp_path / f"{name}_1d.csv"
+        path.write_text("".join(lines[:201]))
+        entries.append((WatchItem(name, "XNYS", "1d", None, "America/New_York"), path))
+    first, unchanged = ingest_files(engine, entries)
+    assert first.written == {"AAA": 200, "BBB": 200, "CCC": 200} and unchanged == 0
+    for _, path in entries:
+        with path.open("a") as handle:
+            handle.writelines(lines[201:204])
+    with entries[1][1].open("a") as handle:  # BBB also gains a second copy of a new bar: dated before its last
+        handle.write(lines[202])
+    grown, unchanged = ingest_files(engine, entries)
+    assert unchanged == 0 and grown.written["AAA"] == grown.written["CCC"] == 13  # 10 of overlap + 3 new
+    assert "BBB" in grown.failed and "decreasing_timestamp" in grown.failed["BBB"]
+    assert {(f.row, f.rule) for f in grown.report.findings if f.symbol == "BBB"} == {
+        (204, "duplicate_timestamp"),
+        (204, "decreasing_timestamp"),
+    }
+    assert [len(bars_of(engine, s, "1d")) for s in ("AAA", "BBB", "CCC")] == [203, 200, 203]
+    again, unchanged = ingest_files(engine, entries)
+    assert unchanged == 2 and "BBB" in again.failed  # the failed file is read again next time

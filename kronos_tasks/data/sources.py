@@ -178,7 +178,27 @@ def read_series(
     With ``start_byte`` (a CSV that grew since it was last read) only the header and the rows from that byte
     on are read; ``first_row`` is the file row number of the first of them, so findings name real rows.
     """
-    frame = _read_table(path, start_byte)
+    return series_from_frame(_read_table(path, start_byte), path, timezone, symbol, interval, first_row)
+
+
+# Columns that ``series_from_frame`` takes the symbol and the file row from when a caller has combined
+# the new rows of several files into one frame (their names cannot collide with a file's own columns).
+SYMBOL_COLUMN, ROW_COLUMN = "__kronos_symbol__", "__kronos_row__"
+
+
+def series_from_frame(
+    frame: pd.DataFrame,
+    path: Path,
+    timezone: str = "UTC",
+    symbol: str | None = None,
+    interval: Interval | None = None,
+    first_row: int = 1,
+) -> list[SourceSeries]:
+    """``read_series`` on a table already read from ``path``. A frame holding ``SYMBOL_COLUMN`` and
+    ``ROW_COLUMN`` (rows of several files, combined) is split by the first and numbered by the second."""
+    combined = SYMBOL_COLUMN in frame.columns
+    if combined:
+        symbols, rows = frame.pop(SYMBOL_COLUMN).astype("string"), frame.pop(ROW_COLUMN).to_numpy()
     if frame.empty:
         raise DataError(f"{path}: the file holds no rows.")
     keys = {_key(c): c for c in frame.columns}
@@ -200,12 +220,14 @@ def read_series(
     elif not any(a in keys for a in ALIASES["amount"]):
         out["amount"] = out["volume"] * out[PRICES].mean(axis=1)
         notes.append("no amount column: amount = volume x mean(open, high, low, close)")
-    out["row"] = np.arange(first_row, first_row + len(out))
+    out["row"] = rows if combined else np.arange(first_row, first_row + len(out))
 
     symbol_column = next((keys[n] for n in SYMBOL_NAMES if n in keys), None)
     name_symbol, name_interval = symbol_and_interval_from_name(path)
     groups = [(symbol or name_symbol, out)]
-    if symbol_column is not None and symbol is None:
+    if combined:
+        groups = [(str(s), part) for s, part in out.groupby(symbols.to_numpy(), sort=False)]
+    elif symbol_column is not None and symbol is None:
         names = frame[symbol_column].astype("string").str.strip().fillna("")  # blank cells: symbol ""
         groups = [(str(s), part) for s, part in out.groupby(names.to_numpy(), sort=True)]
 

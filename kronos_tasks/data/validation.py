@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 
 from .rules import CANNOT_STORE, DEFAULT_POLICIES, ISOLATION_STEPS, POLICIES, RULES  # noqa: F401
-from .schema import FEATURES, PRICES, SYMBOL_MAX, DataError, Interval
+from .schema import FEATURES, SYMBOL_MAX, DataError, Interval
+
+NAT = np.iinfo(np.int64).min
+DAY_NS = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -87,26 +90,26 @@ def check_policies(policies: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-def _off_grid(ts: pd.Series, interval: Interval, timezone: str) -> np.ndarray:
-    local = ts.dt.tz_convert(timezone)
+def _off_grid(utc_ns: np.ndarray, interval: Interval, timezone: str) -> np.ndarray:
+    """Bars (UTC nanoseconds) whose wall-clock time in ``timezone`` is off the interval's grid."""
+    local = pd.DatetimeIndex(utc_ns, tz="UTC").tz_convert(timezone).tz_localize(None).as_unit("ns").asi8
+    time_of_day = np.mod(local, DAY_NS)
     if interval.daily:
         # Daily bars share one time of day (usually midnight): any other is off the grid.
-        time_of_day = local - local.dt.normalize()
-        usual = time_of_day.mode()
-        return (time_of_day != usual.iloc[0]).to_numpy() if len(usual) else np.zeros(len(ts), bool)
-    minutes = (local - local.dt.normalize()) / pd.Timedelta(minutes=1)
+        values, counts = np.unique(time_of_day, return_counts=True)
+        usual = values[counts == counts.max()][0]  # the earliest of the most common ones
+        return time_of_day != usual
     step = interval.timedelta / pd.Timedelta(minutes=1)
-    return np.mod(minutes.to_numpy(), step) != 0
+    return np.mod(time_of_day / 60e9, step) != 0
 
 
-def _isolated(ts: pd.Series, good_time: np.ndarray) -> np.ndarray:
+def _isolated(utc_ns: np.ndarray, good_time: np.ndarray) -> np.ndarray:
     """Bars whose nearest neighbour in time is over a year and ``ISOLATION_STEPS`` usual steps away."""
-    flagged = np.zeros(len(ts), bool)
+    flagged = np.zeros(len(utc_ns), bool)
     index = np.flatnonzero(good_time)
     if len(index) < 3:
         return flagged
-    # Seconds since the epoch, in file order (the column's own unit varies: ns, us or s).
-    times = ((ts.iloc[index] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(float)
+    times = utc_ns[index] / 1e9  # seconds since the epoch, in file order
     order = np.argsort(times, kind="stable")
     sorted_times = times[order]
     gaps = np.diff(sorted_times)
@@ -122,7 +125,10 @@ def _isolated(ts: pd.Series, good_time: np.ndarray) -> np.ndarray:
 def validate(
     symbol: str, bars: pd.DataFrame, interval: Interval, timezone: str = "UTC", policies: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, Report]:
-    """Apply every rule to one symbol's bars -> (bars kept, report). Kept bars are sorted by time."""
+    """Apply every rule to one symbol's bars -> (bars kept, report). Kept bars are sorted by time.
+
+    The rules run on numpy arrays: a symbol's few new bars of a daily ingest cost well under a millisecond.
+    """
     policies = check_policies(policies or {})
     report = Report()
     report.bars_in[symbol] = len(bars)
@@ -134,27 +140,30 @@ def validate(
         return bars.iloc[0:0], report
     flags: dict[str, np.ndarray] = {}
     ts = bars["ts"]
+    utc_ns = pd.DatetimeIndex(ts).as_unit("ns").asi8  # NaT: the smallest int64
     values = bars[FEATURES].to_numpy(dtype=float)
-    flags["bad_timestamp"] = ts.isna().to_numpy()
+    opens, highs, lows, closes, volumes, amounts = values.T
+    flags["bad_timestamp"] = utc_ns == NAT
     flags["non_finite"] = ~np.isfinite(values).all(axis=1)
     with np.errstate(invalid="ignore"):
-        prices = bars[PRICES]
-        flags["non_positive_price"] = (prices <= 0).any(axis=1).to_numpy()
-        flags["high_below_open_close"] = (bars["high"] < bars[["open", "close"]].max(axis=1)).to_numpy()
-        flags["low_above_open_close"] = (bars["low"] > bars[["open", "close"]].min(axis=1)).to_numpy()
-        flags["negative_volume"] = ((bars["volume"] < 0) | (bars["amount"] < 0)).to_numpy()
+        flags["non_positive_price"] = (values[:, :4] <= 0).any(axis=1)
+        flags["high_below_open_close"] = highs < np.fmax(opens, closes)
+        flags["low_above_open_close"] = lows > np.fmin(opens, closes)
+        flags["negative_volume"] = (volumes < 0) | (amounts < 0)
     good_time = ~flags["bad_timestamp"]
-    flags["isolated_timestamp"] = _isolated(ts, good_time)
+    flags["isolated_timestamp"] = _isolated(utc_ns, good_time)
     if policies["isolated_timestamp"] != "warn":
         good_time = good_time & ~flags["isolated_timestamp"]  # so that it is not also "decreasing"
-    order = ts.to_numpy()
-    flags["duplicate_timestamp"] = (ts.duplicated(keep="first") & good_time).to_numpy()
-    # A bar is "decreasing" when it is earlier than the latest valid timestamp before it.
-    latest = pd.Series(np.where(good_time, order, pd.NaT), dtype=ts.dtype).ffill().shift(1)
-    flags["decreasing_timestamp"] = (good_time & (ts < latest)).to_numpy()
+    first = np.ones(len(bars), bool)
+    first[np.unique(utc_ns, return_index=True)[1]] = False
+    flags["duplicate_timestamp"] = first & good_time
+    # A bar is "decreasing" when it is earlier than the latest valid timestamp before it (in file order).
+    latest_valid = np.maximum.accumulate(np.where(good_time, np.arange(len(bars)), -1))
+    previous = np.concatenate([[-1], latest_valid[:-1]])
+    flags["decreasing_timestamp"] = good_time & (previous >= 0) & (utc_ns < utc_ns[np.maximum(previous, 0)])
     flags["off_grid"] = np.zeros(len(bars), bool)
     if good_time.any():
-        flags["off_grid"][good_time] = _off_grid(ts[good_time], interval, timezone)
+        flags["off_grid"][good_time] = _off_grid(utc_ns[good_time], interval, timezone)
 
     drop = np.zeros(len(bars), bool)
     for rule, flagged in flags.items():
@@ -173,7 +182,10 @@ def validate(
     if symbol in report.rejected_symbols:
         report.bars_kept[symbol] = 0
         return bars.iloc[0:0], report
-    kept = bars[~drop].sort_values("ts", kind="stable").reset_index(drop=True)
+    kept = bars[~drop] if drop.any() else bars
+    if not (np.diff(utc_ns[~drop]) >= 0).all():
+        kept = kept.sort_values("ts", kind="stable")
+    kept = kept.reset_index(drop=True)
     if kept.empty:
         report.rejected_symbols[symbol] = "no bar passed validation"
     report.bars_kept[symbol] = len(kept)

@@ -135,30 +135,27 @@ def ingest(run: RunPlan, shard: int) -> IngestSummary:
     """Ingest the new bars of one shard's entries: from their files (skipped when unchanged), or fetched from
     their vendors up to the run's logical time (never later than now). A symbol that fails is recorded in
     the run's entries, not raised."""
-    from .ingest import ingest_fetched, ingest_file_incremental, source_file
+    from .ingest import ingest_fetched, ingest_files, source_file
 
     settings, engine = runtime.settings(), runtime.engine()
     reset_shard(engine, run.run_id, shard, ("ingest",))
     until = min(pd.Timestamp(run.origin), pd.Timestamp.now("UTC"))
     items = shard_items(engine, run.run_id, shard)
     failed: dict[str, tuple[str, str]] = {}
-    written = skipped = 0
+    files = []
     for item in items:
-        if item.source == "files":
-            try:
-                path = source_file(item, settings.data_dir)
-            except DataError as exc:
-                failed[item.symbol] = ("ingest", str(exc))
-                continue
-            result = ingest_file_incremental(engine, path, item)
-        else:
-            result = ingest_fetched(engine, item, until)
-        if result is None:
-            skipped += 1
+        if item.source != "files":
             continue
-        written += result.written.get(item.symbol, 0)
-        if item.symbol in result.failed:
-            failed[item.symbol] = ("ingest", result.failed[item.symbol])
+        try:
+            files.append((item, source_file(item, settings.data_dir)))
+        except DataError as exc:
+            failed[item.symbol] = ("ingest", str(exc))
+    result, skipped = ingest_files(engine, files)
+    for item in items:
+        if item.source != "files":
+            result.merge(ingest_fetched(engine, item, until))
+    failed.update({symbol: ("ingest", reason) for symbol, reason in result.failed.items()})
+    written = sum(result.written.values())
     fail_items(engine, run.run_id, failed)
     log.info(
         "shard %d: %d entries, %d bars written, %d files unchanged, %d failed",

@@ -4,10 +4,11 @@ the others."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,18 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from kronos_tasks.data import DataError, Interval, Report, exchange_timezone, files_under, read_series, validate
+from kronos_tasks.data.sources import ROW_COLUMN, SYMBOL_COLUMN, series_from_frame
 from kronos_tasks.data.watchlist import WatchItem
-from kronos_tasks.storage import instrument, read_bars, record_source, source_record, write_bars
+from kronos_tasks.storage import (
+    instrument,
+    instruments,
+    read_bars,
+    read_windows,
+    record_sources,
+    source_records,
+    write_bars,
+    write_bars_many,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,34 +230,146 @@ def _scan(path: Path, prefix: int | None, context: int = OVERLAP_BARS) -> tuple[
     return whole.hexdigest(), head.hexdigest(), lines, first
 
 
+@dataclass
+class FileState:
+    """One watchlist file as the daily ingest found it: its stat and digest, and where to read it from."""
+
+    item: WatchItem
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+    start_byte: int | None = None  # None: read it whole
+    first_row: int = 1
+
+    def record(self) -> tuple[str, str, str, int, int, str]:
+        return (self.item.symbol, self.item.interval, str(self.path), self.size, self.mtime_ns, self.sha256)
+
+
+def file_states(engine: Engine, entries: list[tuple[WatchItem, Path]]) -> tuple[list[FileState], int]:
+    """The changed files of ``entries`` (each with where to read it from) and how many were unchanged.
+
+    A file with the path, size and modification time of its last ingest is unchanged. A CSV that only grew
+    (its old bytes hash as recorded) is read from ``OVERLAP_BARS`` rows before where it ended: the rows a
+    whole read keeps from ``resume_point``. Anything else is read whole.
+    """
+    known = source_records(engine, [(item.symbol, item.interval) for item, _ in entries])
+    changed, unchanged = [], 0
+    for item, path in entries:
+        stat = path.stat()
+        before = known.get((item.symbol, item.interval))
+        same_file = before is not None and before.path == str(path)
+        if same_file and (before.size, before.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            unchanged += 1
+            continue
+        grown = same_file and stat.st_size > before.size and path.name.lower().endswith(TAILABLE)
+        digest, prefix, lines, context_start = _scan(path, before.size if grown else None)
+        state = FileState(item, path, stat.st_size, stat.st_mtime_ns, digest)
+        if grown and prefix == before.sha256 and context_start is not None:
+            state.start_byte, state.first_row = context_start, lines - OVERLAP_BARS
+        changed.append(state)
+    return changed, unchanged
+
+
 def ingest_file_incremental(engine: Engine, path: Path, item: WatchItem) -> IngestResult | None:
-    """The daily ingest of a watchlist entry's file: None when the file is unchanged since its last ingest
-    (same path, size and modification time); a CSV that only grew (its old bytes unchanged) is read from
-    ``OVERLAP_BARS`` rows before where it ended; anything else is read whole. Either way only bars from
-    ``resume_point`` on are validated and written."""
-    stat = path.stat()
-    known = source_record(engine, item.symbol, item.interval)
-    same_file = known is not None and known.path == str(path)
-    if same_file and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-        return None
-    grown = same_file and stat.st_size > known.size and path.name.lower().endswith(TAILABLE)
-    digest, prefix, lines, context_start = _scan(path, known.size if grown else None)
-    start_byte = first_row = None
-    if grown and prefix == known.sha256 and context_start is not None:
-        # The appended rows and the OVERLAP_BARS rows before them: the rows a whole read keeps from resume_point.
-        start_byte, first_row = context_start, lines - OVERLAP_BARS
-    result = ingest_file(
-        engine,
-        path,
-        symbol=item.symbol,
-        interval=item.interval,
-        exchange=item.exchange,
-        since=resume_point(engine, item.symbol, item.interval),
-        start_byte=start_byte,
-        first_row=first_row or 1,
-    )
-    if item.symbol not in result.failed:
-        record_source(engine, item.symbol, item.interval, str(path), stat.st_size, stat.st_mtime_ns, digest)
+    """The daily ingest of one watchlist entry's file (see ``ingest_files``); None when it is unchanged."""
+    result, unchanged = ingest_files(engine, [(item, path)])
+    return None if unchanged else result
+
+
+def ingest_files(engine: Engine, entries: list[tuple[WatchItem, Path]]) -> tuple[IngestResult, int]:
+    """The daily ingest of watchlist entries' files -> (result, files skipped as unchanged).
+
+    Files read whole go through ``ingest_file`` one by one; the ends of grown CSVs are read together: one
+    parse per header, timezone and interval, one query for the symbols' stored instruments and resume
+    points, one write for all their bars. Either way only bars from ``resume_point`` on are validated and
+    written, and a symbol that fails is reported, not raised.
+    """
+    changed, unchanged = file_states(engine, entries)
+    result = IngestResult()
+    done = []
+    for state in (s for s in changed if s.start_byte is None):
+        one = ingest_file(
+            engine,
+            state.path,
+            symbol=state.item.symbol,
+            interval=state.item.interval,
+            exchange=state.item.exchange,
+            since=resume_point(engine, state.item.symbol, state.item.interval),
+        )
+        result.merge(one)
+        if state.item.symbol not in one.failed:
+            done.append(state)
+    tails = [s for s in changed if s.start_byte is not None]
+    if tails:
+        result.merge(ingest_tails(engine, tails))
+        done += [s for s in tails if s.item.symbol not in result.failed]
+    record_sources(engine, [s.record() for s in done])
+    return result, unchanged
+
+
+def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str] | None = None) -> IngestResult:
+    """The new rows of grown CSVs (and ``OVERLAP_BARS`` before them), read, validated and written together."""
+    result = IngestResult()
+    pairs = [(s.item.symbol, s.item.interval) for s in tails]
+    stored = instruments(engine, pairs)
+    latest = read_windows(engine, [s.item for s in tails], datetime(2200, 1, 1, tzinfo=timezone.utc), OVERLAP_BARS)
+    groups: dict[tuple[bytes, str, str], list[FileState]] = defaultdict(list)
+    for state in tails:
+        place = stored.get((state.item.symbol, state.item.interval))
+        zone = exchange_timezone(state.item.exchange)
+        if place is not None and (
+            (place.exchange or "").upper() != state.item.exchange.upper() or place.timezone != zone
+        ):
+            result.failed[state.item.symbol] = (
+                f"{state.item.symbol} at {state.item.interval} was ingested with exchange {place.exchange or 'none'} "
+                f"(timezone {place.timezone}); the watchlist says {state.item.exchange}: fix the watchlist entry."
+            )
+            continue
+        with state.path.open("rb") as handle:
+            header = handle.readline()
+        groups[(header.rstrip(b"\r\n"), zone, state.item.interval)].append(state)
+    written = []
+    for (header, zone, interval), states in groups.items():
+        buffer = io.BytesIO()
+        buffer.write(f"{SYMBOL_COLUMN},{ROW_COLUMN},".encode() + header + b"\n")
+        for state in states:
+            label = '"' + state.item.symbol.replace('"', '""') + '"'
+            with state.path.open("rb") as handle:
+                handle.seek(state.start_byte)
+                rows = [line for line in handle.read().splitlines() if line.strip()]
+            for offset, line in enumerate(rows):
+                buffer.write(f"{label},{state.first_row + offset},".encode() + line + b"\n")
+        buffer.seek(0)
+        by_symbol = {s.item.symbol: s for s in states}
+        try:
+            frame = pd.read_csv(buffer, dtype={SYMBOL_COLUMN: str})
+            series = series_from_frame(frame, states[0].path, zone, None, Interval.parse(interval))
+        except (DataError, ValueError, pd.errors.ParserError) as exc:
+            for state in states:
+                result.failed[state.item.symbol] = f"{state.path}: {exc}"
+            continue
+        for one in series:
+            state = by_symbol[one.symbol]
+            since = latest.get(one.symbol)
+            bars = one.bars if since is None else one.bars[one.bars["ts"] >= since["ts"].iloc[0]].reset_index(drop=True)
+            if bars.empty:
+                result.written[one.symbol] = 0
+                continue
+            kept, report = validate(one.symbol, bars, one.interval, zone, policies)
+            if one.notes:
+                report.notes[one.symbol] = list(one.notes)
+            result.report.merge(report)
+            if one.symbol in report.rejected_symbols:
+                result.failed[one.symbol] = f"rejected by validation: {report.rejected_symbols[one.symbol]}"
+                continue
+            written.append((one.symbol, interval, kept, state.item.exchange.upper(), zone, str(state.path)))
+            result.written[one.symbol] = len(kept)
+    try:
+        write_bars_many(engine, written)
+    except SQLAlchemyError as exc:
+        for symbol, *_ in written:
+            result.failed[symbol] = f"{type(exc).__name__}: {exc}"
     return result
 
 

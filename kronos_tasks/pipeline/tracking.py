@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,7 @@ from .payloads import RunPlan, RunSummary
 
 CSV_CHUNK = 20_000
 PER_SYMBOL_DATASETS = 500  # above this many symbols a run logs one dataset for all its windows
-CHARTED_SYMBOLS = 12  # one chart per symbol for the first ones; the overview shows the first few
+CHARTED_SYMBOLS = 8  # one chart per symbol for the first ones; the overview shows the first few
 OVERVIEW_SYMBOLS = 4
 HISTORY_SHOWN = 60
 DESCRIBED_WINDOWS = 30  # rows of the window table in the run's description (the datasets list every one)
@@ -68,18 +69,32 @@ def _forecast_frame(run_id: str, symbols: list[str] | None = None, feature: str 
     return summary_frame([dict(r) for r in rows])
 
 
-def write_forecasts_csv(run_id: str, path: Path) -> int:
-    """The run's forecasts as CSV, streamed ``CSV_CHUNK`` rows at a time (memory does not grow with the run)."""
-    written = 0
-    with runtime.engine().connect() as connection, path.open("w", newline="") as out:
-        result = connection.execution_options(stream_results=True, yield_per=CSV_CHUNK).execute(_forecast_query(run_id))
-        for chunk in result.mappings().partitions(CSV_CHUNK):
-            frame = summary_frame([dict(r) for r in chunk])
-            frame.to_csv(out, index=False, header=written == 0)
-            written += len(frame)
-    if written == 0:
+def write_forecasts(run_id: str, folder: Path, symbols: int) -> Path:
+    """The run's forecasts as ``forecasts.csv`` (``forecasts.parquet`` above PER_SYMBOL_DATASETS symbols,
+    where CSV formatting would cost more than the forecasts), streamed ``CSV_CHUNK`` rows at a time so that
+    memory does not grow with the run."""
+    columns = [c.name for c in Forecast.__table__.columns]
+    query = _forecast_query(run_id)
+    path = folder / ("forecasts.parquet" if symbols > PER_SYMBOL_DATASETS else "forecasts.csv")
+    writer = None
+    with runtime.engine().connect() as connection, ExitStack() as stack:
+        result = connection.execution_options(stream_results=True, yield_per=CSV_CHUNK).execute(query)
+        for chunk in result.partitions(CSV_CHUNK):
+            frame = summary_frame([dict(zip(columns, row)) for row in chunk])
+            if path.suffix == ".csv":
+                frame.to_csv(path, mode="a", index=False, header=writer is None)
+                writer = True
+                continue
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = stack.enter_context(pq.ParquetWriter(path, table.schema))
+            writer.write_table(table.cast(writer.schema))
+    if writer is None:
         path.write_text("")
-    return written
+    return path
 
 
 def run_name(run: RunPlan, symbols: int) -> str:
@@ -266,7 +281,7 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
             metrics = {}
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder)
-            write_forecasts_csv(run.run_id, out / "forecasts.csv")
+            write_forecasts(run.run_id, out, len(windows))
             pd.DataFrame(item_failures(engine, run.run_id), columns=["symbol", "stage", "reason"]).to_csv(
                 out / "failures.csv", index=False
             )

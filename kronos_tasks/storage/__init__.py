@@ -1,6 +1,16 @@
 """The forecasts database: SQLAlchemy models, Alembic migrations, idempotent writes."""
 
-from .bars import bar_count, instrument, read_bars, record_source, source_record, write_bars
+from .bars import (
+    bar_count,
+    instrument,
+    instruments,
+    read_bars,
+    record_sources,
+    source_record,
+    source_records,
+    write_bars,
+    write_bars_many,
+)
 from .db import DatabaseError, current_revision, downgrade, make_engine, require_schema, upgrade, upsert
 from .items import fail_items, item_counts, item_failures, plan_items, read_windows, reset_shard, shard_items
 from .runs import (
@@ -37,8 +47,11 @@ __all__ = [
     "make_engine",
     "persist_run",
     "read_bars",
-    "record_source",
+    "instruments",
+    "record_sources",
     "source_record",
+    "source_records",
+    "write_bars_many",
     "record_decision",
     "require_schema",
     "update_run",

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from kronos_tasks.data.schema import FEATURES
@@ -55,6 +55,29 @@ def write_bars(
         return upsert_frame(connection, Bar.__table__, frame, ["symbol", "interval", "ts"])
 
 
+def write_bars_many(engine: Engine, entries: list[tuple[str, str, pd.DataFrame, str | None, str, str | None]]) -> int:
+    """``write_bars`` for many symbols in one transaction: entries of (symbol, interval, bars, exchange,
+    timezone, source); one instruments upsert and one bars upsert for all of them."""
+    if not entries:
+        return 0
+    now = _now()
+    # One frame for every symbol, built once (per-symbol pandas operations cost more than the write).
+    sizes = [len(bars) for _, _, bars, _, _, _ in entries]
+    frame = pd.concat([bars[["ts", *FEATURES]] for _, _, bars, _, _, _ in entries], ignore_index=True)
+    frame = frame.astype({f: np.float64 for f in FEATURES})
+    frame["ts"] = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC")
+    frame["symbol"] = np.repeat([e[0] for e in entries], sizes)
+    frame["interval"] = np.repeat([e[1] for e in entries], sizes)
+    frame["ingested_at"] = now
+    instruments = [
+        {"symbol": s, "interval": i, "exchange": x, "timezone": z, "source": src, "updated_at": now}
+        for s, i, _, x, z, src in entries
+    ]
+    with engine.begin() as connection:
+        upsert(connection, Instrument.__table__, instruments, ["symbol", "interval"])
+        return upsert_frame(connection, Bar.__table__, frame, ["symbol", "interval", "ts"])
+
+
 def read_bars(
     engine: Engine,
     symbol: str,
@@ -96,22 +119,40 @@ def bar_count(engine: Engine, symbol: str | None = None) -> int:
         return connection.execute(query).scalar_one()
 
 
+def instruments(engine: Engine, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Instrument]:
+    """The stored instruments of (symbol, interval) ``pairs`` that have one."""
+    found = {}
+    with Session(engine) as session:
+        for start in range(0, len(pairs), 400):
+            chunk = pairs[start : start + 400]
+            query = select(Instrument).where(tuple_(Instrument.symbol, Instrument.interval).in_(chunk))
+            found.update({(i.symbol, i.interval): i for i in session.scalars(query)})
+    return found
+
+
+def source_records(engine: Engine, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], SourceFile]:
+    """What the bar files of (symbol, interval) ``pairs`` looked like when last ingested, where known."""
+    found = {}
+    with Session(engine) as session:
+        for start in range(0, len(pairs), 400):
+            chunk = pairs[start : start + 400]
+            query = select(SourceFile).where(tuple_(SourceFile.symbol, SourceFile.interval).in_(chunk))
+            found.update({(r.symbol, r.interval): r for r in session.scalars(query)})
+    return found
+
+
 def source_record(engine: Engine, symbol: str, interval: str) -> SourceFile | None:
     """What a symbol's bar file looked like when it was last ingested (None: never ingested from a file)."""
     with Session(engine) as session:
         return session.get(SourceFile, (symbol, interval))
 
 
-def record_source(engine: Engine, symbol: str, interval: str, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-    """Remember a symbol's bar file as just ingested."""
-    row = {
-        "symbol": symbol,
-        "interval": interval,
-        "path": path,
-        "size": size,
-        "mtime_ns": mtime_ns,
-        "sha256": sha256,
-        "ingested_at": _now(),
-    }
+def record_sources(engine: Engine, files: list[tuple[str, str, str, int, int, str]]) -> None:
+    """Remember bar files as just ingested: (symbol, interval, path, size, mtime_ns, sha256) each."""
+    if not files:
+        return
+    now = _now()
+    keys = ("symbol", "interval", "path", "size", "mtime_ns", "sha256")
+    rows = [{**dict(zip(keys, f)), "ingested_at": now} for f in files]
     with engine.begin() as connection:
-        upsert(connection, SourceFile.__table__, [row], ["symbol", "interval"])
+        upsert(connection, SourceFile.__table__, rows, ["symbol", "interval"])

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import pandas as pd
-from sqlalchemy import Engine, and_, delete, func, select, tuple_, update
+from sqlalchemy import DateTime, Engine, and_, delete, func, select, tuple_, type_coerce, update
 
 from kronos_tasks.data.schema import FEATURES
 from kronos_tasks.data.watchlist import WatchItem
@@ -111,14 +111,18 @@ def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limi
     for start in range(0, len(items), READ_CHUNK):
         chunk = items[start : start + READ_CHUNK]
         rank = func.row_number().over(partition_by=(Bar.symbol, Bar.interval), order_by=Bar.ts.desc()).label("rank")
+        # The stored UTC times without UtcDateTime's per-row conversion: pandas reads them as UTC at once.
+        stamp = type_coerce(Bar.ts, DateTime(timezone=True)).label("ts")
         inner = (
-            select(Bar.symbol, Bar.ts, *(getattr(Bar, f) for f in FEATURES), rank)
+            select(Bar.symbol, stamp, *(getattr(Bar, f) for f in FEATURES), rank)
             .where(tuple_(Bar.symbol, Bar.interval).in_([(i.symbol, i.interval) for i in chunk]), Bar.ts <= end)
             .subquery()
         )
         query = select(inner.c.symbol, inner.c.ts, *(inner.c[f] for f in FEATURES)).where(and_(inner.c.rank <= limit))
         with engine.connect() as connection:
-            frame = pd.DataFrame(connection.execute(query).all(), columns=["symbol", "ts", *FEATURES])
+            # Plain tuples from one fetch: pandas probing SQLAlchemy Row objects costs more than the query.
+            rows = [tuple(row) for row in connection.execute(query).all()]
+        frame = pd.DataFrame.from_records(rows, columns=["symbol", "ts", *FEATURES])
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
         for symbol, bars in frame.groupby("symbol", sort=False):
             found[symbol] = bars.drop(columns="symbol").sort_values("ts").reset_index(drop=True)
