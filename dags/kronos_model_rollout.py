@@ -41,6 +41,13 @@ BACKTEST_TASK = {
         "min_skill": Param(0.0, type="number", description="skill vs persistence (MAE of close) to reach"),
         "max_brier": Param(0.25, type="number", minimum=0, maximum=1, description="Brier of P(close up) not to exceed"),
         "tolerance": Param(0.02, type="number", minimum=0, description="allowed shortfall against the champion"),
+        "coverage_tolerance": Param(
+            0.05,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="largest gap between the calibrated band's coverage on held-back origins and its nominal share",
+        ),
         "origins": Param(50, type="integer", minimum=1, description="backtest origins per symbol"),
         "stride": Param(1, type="integer", minimum=1),
         "seed": Param(0, type="integer", minimum=0),
@@ -97,7 +104,7 @@ def kronos_model_rollout():
 
         context = get_current_context()
         params = context["params"]
-        gate = rollout.Gate(params["min_skill"], params["max_brier"], params["tolerance"])
+        gate = rollout.Gate(params["min_skill"], params["max_brier"], params["tolerance"], params["coverage_tolerance"])
         decision = rollout.decide(candidate_scores, champion_scores, gate, params["force"])
         return rollout.apply(decision, candidate, params["alias"], context["run_id"])
 

@@ -215,3 +215,63 @@ def predictor_training_loss(sd, cfg, s1, s2, stamps, s1_condition):
         logp2.append(torch.log_softmax(logits2, -1).gather(-1, s2[b, 1:, None])[:, 0])
     ce_s1, ce_s2 = -torch.cat(logp1).mean(), -torch.cat(logp2).mean()
     return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2
+
+
+# --- primitives written from their definitions, one value at a time (tests/test_primitives.py) ----------------
+
+
+def lowbias32(x: int) -> int:
+    """C. Wellons' lowbias32 hash on Python integers."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def stream_key(seed: int, sample: int) -> int:
+    """The 32-bit key of sample ``sample`` of a series seeded ``seed`` (0 <= seed < 2**63)."""
+    key = lowbias32(seed ^ 0x9E3779B9)
+    key = lowbias32(key ^ (seed >> 32))
+    return lowbias32(key ^ sample)
+
+
+def uniform(key: int, step: int, stage: int) -> float:
+    """The draw of (key, step, stage): the top 24 bits of a twice-hashed counter, centred in its 2**-24 cell."""
+    bits = lowbias32((lowbias32(key ^ (2 * step + stage)) + 0x632BE5AB) & 0xFFFFFFFF) >> 8
+    return (bits + 0.5) / 2**24
+
+
+def nucleus(probabilities: list[float], top_k: int, top_p: float) -> list[int]:
+    """Indices kept by top-k (every token tied with the k-th largest stays) then top-p (tokens in order of
+    probability, ties by index, while the mass before them is at most top_p; the first always stays)."""
+    kept = list(range(len(probabilities)))
+    if 0 < top_k < len(probabilities):
+        kth = sorted(probabilities, reverse=True)[top_k - 1]
+        kept = [i for i in kept if probabilities[i] >= kth]
+    if top_p < 1.0:
+        total = sum(probabilities[i] for i in kept)
+        order = sorted(kept, key=lambda i: (-probabilities[i], i))
+        chosen, before = [], 0.0
+        for i in order:
+            if chosen and before > top_p:
+                break
+            chosen.append(i)
+            before += probabilities[i] / total
+        kept = sorted(chosen)
+    return kept
+
+
+def zscores(column: list[float], clip: float) -> list[float]:
+    """One feature's z-scores as inference computes them: population mean and standard deviation, 1e-5
+    added to the deviation, clipped to [-clip, clip]."""
+    n = len(column)
+    mean = sum(column) / n
+    sd = (sum((v - mean) ** 2 for v in column) / n) ** 0.5
+    return [max(-clip, min(clip, (v - mean) / (sd + 1e-5))) for v in column]
+
+
+def calendar_features(stamp) -> list[int]:
+    """minute, hour, weekday (Monday 0), day of month, month of a wall-clock time."""
+    return [stamp.minute, stamp.hour, stamp.weekday(), stamp.day, stamp.month]

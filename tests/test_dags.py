@@ -149,8 +149,25 @@ def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
     description = mlflow_run.data.tags["mlflow.note.content"]
     assert "[kronos-model v1](#/models/kronos-model/versions/1)" in description and "UNTRAINED" in description
     assert windows["GOOG"].sha256[:16] in description
+    # No calibration yet: raw quantiles only, said so; the historical-volatility band beside every close row.
+    close = rows[rows["feature"] == "close"]
+    assert run.calibrations == {} and rows["calibrated_quantiles"].isna().all()
+    assert close["baseline_quantiles"].map(lambda d: set(d) == {"0.1", "0.5", "0.9"}).all()
+    assert rows[rows["feature"] != "close"]["baseline_quantiles"].isna().all()
+    assert "**raw** quantiles only" in description
 
-    # The same logical date again: same seed, same rows (replaced, not duplicated), one live MLflow run.
+    # The version gets a calibration (as the rollout fits one); the same logical date again: same seed, same
+    # rows (replaced, not duplicated), now with calibrated bands, one live MLflow run.
+    cli = str(Path(sys.executable).with_name("kronos-flow"))
+    fitted = subprocess.run(
+        [cli, "calibrate", "--model", "1", "--origins", "30", "--sample-count", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert fitted.returncode == 0, fitted.stderr
+    assert "calibrated" in fitted.stdout and "stored calibration" in fitted.stdout
     before = rows.set_index(["symbol", "feature", "step"])["mean"].sort_index()
     assert run_dag(env, "kronos_daily_forecast", conf=STALE_OK) == 0
     again = get_run(engine, run_id)
@@ -161,6 +178,14 @@ def test_daily_dag_end_to_end_and_a_rerun_replaces_its_rows(airflow_setup):
     assert len(after) == len(rows)
     pd.testing.assert_series_equal(after.set_index(["symbol", "feature", "step"])["mean"].sort_index(), before)
     assert registry.client.get_run(run.mlflow_run_id).info.lifecycle_stage == "deleted"
+    assert set(again.calibrations) == {"1d", "5min"}
+    calibrated = after[after["feature"] == "close"]
+    assert calibrated["calibrated_quantiles"].map(lambda d: set(d) == {"0.1", "0.5", "0.9"}).all()
+    assert calibrated["calibrated_prob_above_last"].between(0, 1).all()
+    ordered = calibrated["calibrated_quantiles"].map(lambda d: d["0.1"] <= d["0.5"] <= d["0.9"])
+    assert ordered.all() and not calibrated["calibrated_quantiles"].equals(calibrated["quantiles"])
+    version = registry.client.get_model_version("kronos-model", "1")
+    assert version.tags["kronos.calibration.1d"] == again.calibrations["1d"]
 
 
 def test_one_bad_symbol_does_not_take_the_others_down(airflow_setup, tmp_path):
@@ -234,9 +259,12 @@ def test_a_date_the_data_covers_runs_for_real_even_long_before_today(airflow_set
 
 
 def test_rollout_refuses_a_candidate_that_loses_to_persistence_then_promotes_and_rolls_back(airflow_setup):
+    from kronos_tasks.pipeline.ingest import ingest_paths
     from kronos_tasks.storage.models import ModelDecision
 
     settings, env, registry = airflow_setup
+    for name, exchange in (("a_share_5min.csv", "XSHG"), ("GOOG_1d.csv", "XNYS")):  # its own bars: runs alone too
+        ingest_paths(engine_of(settings), [SAMPLE_DATA / name], exchange=exchange)
     assert registry.holder("champion") == "1"
     backtest = {"origins": 8, "forecast": {"pred_len": 6, "sample_count": 8}}
     assert run_dag(env, "kronos_model_rollout", DATE, {"candidate": "2", **backtest}) == 0
@@ -249,15 +277,22 @@ def test_rollout_refuses_a_candidate_that_loses_to_persistence_then_promotes_and
     assert "loses to carrying the last close forward" in refused["reason"]
     assert refused["metrics"]["candidate_skill"] < 0 and "champion_skill" in refused["metrics"]
     assert registry.client.get_run(refused["mlflow_run_id"]).data.params["action"] == "refuse"
+    # The honesty checks: the CRPS against both baselines and the calibrated coverage, with their numbers.
+    assert {"crps_model", "crps_histvol", "crps_persistence"} <= set(refused["metrics"])
+    assert "does not beat the historical-volatility band" in refused["reason"] or (
+        refused["metrics"]["crps_model"] < refused["metrics"]["crps_histvol"]
+    )
+    from kronos_tasks.storage import latest_calibration
 
-    lenient = {"min_skill": -1e9, "max_brier": 1.0, "tolerance": 1e9}
-    assert run_dag(env, "kronos_model_rollout", DATE, {"candidate": "2", **backtest, **lenient}) == 0
+    assert latest_calibration(engine, "kronos-model", "2", "1d") is not None  # fitted for the candidate
+
+    assert run_dag(env, "kronos_model_rollout", DATE, {"candidate": "2", **backtest, "force": True}) == 0
     assert registry.holder("champion") == "2"
     assert run_dag(env, "kronos_model_rollout", DATE, {"rollback": True}) == 0
     assert registry.holder("champion") == "1"
     with engine.connect() as connection:
         actions = connection.execute(select(ModelDecision.action).order_by(ModelDecision.id)).scalars().all()
-    assert actions[-3:] == ["refuse", "promote", "rollback"]
+    assert actions[-3:] == ["refuse", "force_promote", "rollback"]
 
 
 def test_evaluation_dag_scores_a_past_run(airflow_setup):

@@ -4,6 +4,7 @@ of a failed batch, and the typed payloads' round trip through Airflow's own seri
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pandas as pd
@@ -22,13 +23,21 @@ from kronos_tasks.registry.pinned import PinnedPair
 # --- the rollout gate --------------------------------------------------------------------------------------
 
 
-def scores(skill, brier, mae=1.0, persistence_mae=1.2, version="2"):
+def holdout(coverage=0.79, nominal=0.8):
+    band = {"coverage": coverage, "nominal": nominal}
+    return {"1d": {"holdout": {"calibrated": band, "raw": {**band, "coverage": 0.3}, "histvol": band}}}
+
+
+def scores(skill, brier, mae=1.0, persistence_mae=1.2, version="2", crps=(1.0, 1.1, 1.2), calibration=None):
+    model_crps, histvol_crps, persistence_crps = crps
     return {
         "version": version,
         "scores": {
-            "model": {"skill": skill, "brier": brier, "mae": mae, "direction_accuracy": 0.5},
-            "persistence": {"mae": persistence_mae},
+            "model": {"skill": skill, "brier": brier, "mae": mae, "direction_accuracy": 0.5, "crps": model_crps},
+            "persistence": {"mae": persistence_mae, "crps": persistence_crps},
+            "histvol": {"crps": histvol_crps},
         },
+        "calibration": holdout() if calibration is None else calibration,
     }
 
 
@@ -39,6 +48,10 @@ def test_gate_promotes_a_candidate_that_beats_persistence_and_holds_up_against_t
     decision = rollout.decide(scores(0.10, 0.20), scores(0.11, 0.21, version="1"), GATE, force=False)
     assert decision["action"] == "promote" and decision["reasons"] == ["passed the gate"]
     assert decision["numbers"]["candidate_skill"] == 0.10 and decision["numbers"]["champion_version"] == "1"
+    numbers = decision["numbers"]
+    assert (numbers["crps_model"], numbers["crps_histvol"], numbers["1d_calibrated_coverage"]) == (1.0, 1.1, 0.79)
+    # the coverage tolerance is inclusive: 0.75 is within 0.05 of 0.80
+    assert rollout.decide(scores(0.10, 0.20, calibration=holdout(0.75)), None, GATE, False)["action"] == "promote"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +62,10 @@ def test_gate_promotes_a_candidate_that_beats_persistence_and_holds_up_against_t
         (scores(0.10, 0.20), scores(0.15, 0.20, version="1"), "worse than the champion's +0.1500 beyond"),
         (scores(0.10, 0.20), scores(0.10, 0.17, version="1"), "Brier 0.2000 is worse than the champion's 0.1700"),
         (scores(None, None), None, "no finite skill or Brier score"),
+        (scores(0.10, 0.20, crps=(1.15, 1.1, 1.2)), None, "does not beat the historical-volatility band's 1.1"),
+        (scores(0.10, 0.20, crps=(1.25, 1.3, 1.2)), None, "does not beat persistence's 1.2"),
+        (scores(0.10, 0.20, calibration=holdout(0.72)), None, "covered 0.72 of held-back outcomes, outside 80%"),
+        (scores(0.10, 0.20, calibration={}), None, "no calibration could be fitted"),
     ],
 )
 def test_gate_refuses_with_the_reason_and_force_promotes_recording_it(candidate, champion, reason):
@@ -115,9 +132,24 @@ def test_score_rows_against_hand_computed_values():
             "crps": [0.2, 0.4, 0.6, 0.8],
             "q0.1": [10.0, 8.0, 11.5, 10.2],
             "q0.9": [12.0, 9.5, 11.9, 11.0],
+            "hv_sd": [1.0, 2.0, 1.0, 0.0],
+            "hv_q0.1": [8.7, 7.4, 8.7, 10.0],
+            "hv_q0.9": [11.3, 12.6, 11.3, 10.0],
         }
     )
     got = score_rows(rows, (0.1, 0.9))
+    # The volatility band: 11 and 9 inside, 12 outside, 10 on the degenerate band's edge: 3 of 4.
+    assert got["histvol"]["coverage"] == pytest.approx(0.75) and got["persistence"]["crps"] == pytest.approx(1.0)
+
+    def crps_normal(mean, sd, y):  # closed form, from the definition: sd (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))
+        if sd == 0:
+            return abs(y - mean)
+        z = (y - mean) / sd
+        cdf, pdf = 0.5 * (1 + math.erf(z / math.sqrt(2))), math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+        return sd * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
+
+    want = np.mean([crps_normal(10, sd, y) for sd, y in zip([1, 2, 1, 0], [11, 9, 12, 10])])
+    assert got["histvol"]["crps"] == pytest.approx(want)
     model = got["model"]
     assert (got["points"], got["origins"]) == (4, 2)
     assert model["mae"] == pytest.approx(0.625) and got["persistence"]["mae"] == pytest.approx(1.0)
@@ -250,3 +282,12 @@ def test_plan_refuses_more_shards_than_airflow_maps_and_records_the_run(kronos_e
     with pytest.raises(ParamsError, match=r"lists \['S0'\] at several intervals"):
         daily.plan({}, "2024-08-28T21:30:00+00:00", "dag", watchlist=twice)
     assert daily.plan({}, "2024-08-28T21:30:00+00:00", "dag").symbols == 2  # the bundled watchlist
+
+
+def test_replay_explains_a_difference_by_the_stream_version_first():
+    from kronos_tasks.pipeline.replay import _why
+
+    recorded = {"stream_version": 1, "device": "cpu", "code_version": "0.1.0", "model": "kronos-model v1"}
+    replayed = {**recorded, "stream_version": 2}
+    assert _why(recorded, replayed, True).startswith("recorded with random stream 1, this build draws stream 2")
+    assert _why(recorded, {**recorded, "device": "cuda:0"}, True).startswith("recorded on cpu, replayed on cuda:0")

@@ -34,7 +34,7 @@ UTC = timezone.utc
 def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as connection:
         context = MigrationContext.configure(
             connection, opts={"compare_type": True, "version_table": "kronos_alembic_version"}

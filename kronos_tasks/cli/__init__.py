@@ -369,7 +369,29 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--stride", type=int, default=1, help="bars between origins")
     backtest.add_argument("--end", help="last origin, ISO time (default: the latest bar minus pred_len)")
     backtest.add_argument("--out", help="write the per-origin results to this CSV")
+    backtest.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="also fit a calibration on the first half of the origins and score raw, calibrated and "
+        "historical-volatility bands on the second",
+    )
     add_forecast_options(backtest)
+
+    calibrate = _command(
+        subcommands,
+        "calibrate",
+        "fit and store a model version's calibration from a walk-forward backtest",
+        "Backtests the version over the latest --origins origins per symbol, scores a walk-forward holdout (fit on\n"
+        "the first half, evaluated on the second: raw, calibrated and historical-volatility bands), then stores\n"
+        "the calibration fitted on all origins, per interval: the daily forecasts of that version apply it.\n"
+        "The rollout DAG does the same for every candidate.",
+        "kronos-flow calibrate --model 3 --origins 200",
+        commands.cmd_calibrate,
+    )
+    calibrate.add_argument("--symbols", nargs="+", help="symbol[:interval] (default: the watchlist)")
+    calibrate.add_argument("--origins", type=int, default=200, help="origins per symbol")
+    calibrate.add_argument("--stride", type=int, default=1, help="bars between origins")
+    add_forecast_options(calibrate)
     return parser
 
 

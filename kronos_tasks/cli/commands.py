@@ -371,13 +371,14 @@ def cmd_replay(args) -> int:
     print(f"replay of {result.run_id}")
     print(
         f"  recorded: {recorded['model']} (sha256 {recorded['model_sha256'][:12]}), {recorded['tokenizer']}, "
-        f"seed {recorded['seed']}, {recorded['device']} {recorded['dtype']}, kronos-flow {recorded['code_version']}"
+        f"seed {recorded['seed']}, {recorded['device']} {recorded['dtype']}, kronos-flow {recorded['code_version']}, "
+        f"stream {recorded['stream_version']}"
     )
     same = recorded["model_sha256"] == replayed["model_sha256"]
     print(
         f"  replayed: {replayed['model']} (sha256 {replayed['model_sha256'][:12]}"
         f"{', same weights, checksums verified' if same else ', OTHER weights'}), {replayed['device']} "
-        f"{replayed['dtype']}, kronos-flow {replayed['code_version']}"
+        f"{replayed['dtype']}, kronos-flow {replayed['code_version']}, stream {replayed['stream_version']}"
     )
     width = max(len(f"{s.symbol}:{s.interval}") for s in result.symbols)
     for s in result.symbols:
@@ -409,7 +410,8 @@ def cmd_demo(args) -> int:
         return run_demo(args.date)
 
 
-def cmd_backtest(args) -> int:
+def _backtest(args, model: str | None = None):
+    """The walk-forward backtest the backtest and calibrate commands run -> (result, params, pair or None)."""
     import pandas as pd
 
     from kronos_tasks.data.watchlist import load_watchlist
@@ -421,21 +423,47 @@ def cmd_backtest(args) -> int:
     engine = runtime.engine()
     params = forecast_params(args)
     items = items_from(engine, args.symbols, load_watchlist(settings.watchlist))
-    predictor, label, max_context = None, "persistence only", 512
-    model = params.model or settings.model_alias
-    if not args.baseline:
+    pair, predictor, label, max_context = None, None, "persistence only", 512
+    model = model or params.model or settings.model_alias
+    if not getattr(args, "baseline", False):
         pair = runtime.registry().resolve(model)
         max_context, label = pair.max_context, pair.label
     params = params.resolve(max_context, model, settings.batch_size, seed_key="backtest")
-    if not args.baseline:
+    if pair is not None:
         predictor = pinned_predictor(pair, settings.device, params.batch_size)
-    end = pd.Timestamp(args.end) if args.end else None
+    end = pd.Timestamp(args.end) if getattr(args, "end", None) else None
     if end is not None and end.tzinfo is None:
         end = end.tz_localize("UTC")
     origins = select_origins(engine, items, params, max_context, args.origins, args.stride, params.seed, end)
-    result = run_backtest(origins, params, predictor, label)
-    print(render.scores(result.scores, label))
+    return run_backtest(origins, params, predictor, label), params, pair
+
+
+def cmd_backtest(args) -> int:
+    from kronos_tasks.pipeline.calibrate import holdouts
+    from kronos_tasks.pipeline.calibrate import render as render_holdout
+
+    if args.calibrated and args.baseline:
+        raise ParamsError("--calibrated needs the model's forecasts; drop --baseline.")
+    result, params, pair = _backtest(args)
+    print(render.scores(result.scores, result.model_label))
+    if args.calibrated:
+        report, _ = holdouts(result.rows, params.quantiles, result.model_label)
+        print("calibration fitted on the first half of the origins, scored on the second:")
+        print(render_holdout(report))
     if args.out:
         result.rows.to_csv(args.out, index=False)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Backtest a registered version, fit its calibration per interval and store it for its daily forecasts."""
+    from kronos_tasks.pipeline.calibrate import fit_and_store, render
+
+    if not args.model:
+        raise ParamsError("give the version to calibrate: --model VERSION (or an alias such as champion).")
+    result, params, pair = _backtest(args, args.model)
+    report = fit_and_store(result.rows, params.quantiles, pair)
+    print(f"{pair.model_name} v{pair.model_version}: {result.scores['origins']} origins backtested")
+    print(render(report))
     return 0

@@ -107,6 +107,8 @@ def run_backtest(
         actual = origin.actual["close"].to_numpy(dtype=float)
         horizon = len(actual)
         base = {"persistence": metrics.persistence(close, horizon), "drift": metrics.drift(close, horizon)}
+        sigma = metrics.histvol_sigma(close)
+        band = metrics.histvol_band(close[-1], sigma, horizon, params.quantiles)
         if origin.item.interval != "1d":
             period = bars_per_session(origin.history["ts"], origin.item.timezone)
             if len(close) >= period:
@@ -114,6 +116,7 @@ def run_backtest(
         for step in range(horizon):
             row = {
                 "symbol": origin.item.symbol,
+                "interval": origin.item.interval,
                 "origin_ts": origin.history["ts"].iloc[-1],
                 "step": step + 1,
                 "target_ts": origin.actual["ts"].iloc[step],
@@ -121,6 +124,8 @@ def run_backtest(
                 "actual": actual[step],
                 "seed": origin.seed,
                 **{name: values[step] for name, values in base.items()},
+                "hv_sd": close[-1] * sigma * np.sqrt(step + 1),
+                **{f"hv_q{q:g}": float(values[step]) for q, values in band.items()},
             }
             if forecasts is not None:
                 forecast = forecasts[k]
@@ -176,6 +181,10 @@ def score_rows(rows: pd.DataFrame, quantiles=()) -> dict[str, Any]:
         model["brier"] = metrics.brier(rows["p_up"], outcome_up)
         model["brier_skill"] = metrics.skill(model["brier"], scores["persistence"]["brier"])
         scores["reliability"] = metrics.reliability(rows["p_up"], outcome_up)
+        scores["persistence"]["crps"] = metrics.mae(rows["persistence"], actual)  # a point forecast's CRPS
+        if f"hv_q{levels[0]:g}" in rows:
+            scores["histvol"] = band_scores(rows, levels, "hv_")
+            scores["histvol"]["crps"] = metrics.crps_normal(rows["last"], rows["hv_sd"], actual)
         scores["by_horizon"] = {
             int(step): {
                 "mae": metrics.mae(part["mean"], part["actual"]),
@@ -187,6 +196,22 @@ def score_rows(rows: pd.DataFrame, quantiles=()) -> dict[str, Any]:
             for step, part in rows.groupby("step")
         }
     return scores
+
+
+def band_scores(rows: pd.DataFrame, levels, prefix: str = "") -> dict[str, Any]:
+    """Coverage of the widest central band (with its Wilson interval) and the mean pinball loss of the
+    quantile columns ``<prefix>q<level>``."""
+    actual = rows["actual"].to_numpy()
+    low, high = (rows[f"{prefix}q{q:g}"].to_numpy() for q in (levels[0], levels[-1]))
+    inside = int(((actual >= low) & (actual <= high)).sum())
+    interval = metrics.wilson(inside, len(actual))
+    return {
+        "nominal": levels[-1] - levels[0],
+        "coverage": interval.value,
+        "coverage_low": interval.low,
+        "coverage_high": interval.high,
+        "pinball": metrics.pinball({q: rows[f"{prefix}q{q:g}"].to_numpy() for q in levels}, actual),
+    }
 
 
 def items_from(engine: Engine, specs: list[str] | None, watchlist: list[WatchItem]) -> list[WatchItem]:

@@ -152,3 +152,38 @@ def seasonal_naive(history, horizon: int, period: int) -> np.ndarray:
         raise ValueError(f"seasonal naive needs at least one period ({period} bars) of history.")
     cycle = history[-period:]
     return np.array([cycle[h % period] for h in range(horizon)])
+
+
+HISTVOL_WINDOW = 20  # closes' log returns the historical-volatility band reads (Kronos issue #269's HistVol20)
+
+
+def histvol_sigma(history, window: int = HISTVOL_WINDOW) -> float:
+    """Standard deviation of the last ``window`` log returns of ``history`` (closes); 0 with too few."""
+    (history,) = _arrays(history)
+    returns = np.diff(np.log(history[-(window + 1) :]))
+    returns = returns[np.isfinite(returns)]
+    return float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
+
+
+def histvol_band(last: float, sigma: float, horizon: int, levels) -> dict[float, np.ndarray]:
+    """The historical-volatility baseline's quantiles per step: a normal around the last close whose standard
+    deviation grows as ``last * sigma * sqrt(step)`` -> {level: values [horizon]}."""
+    from statistics import NormalDist
+
+    spread = last * sigma * np.sqrt(np.arange(1, horizon + 1))
+    return {q: last + NormalDist().inv_cdf(q) * spread for q in levels}
+
+
+def crps_normal(mean, sd, actual) -> float:
+    """Mean CRPS of normal forecasts N(mean, sd^2) (closed form); sd 0 reduces to the absolute error."""
+    from statistics import NormalDist
+
+    mean, sd, actual = _arrays(mean, sd, actual)
+    absolute = np.abs(actual - mean)
+    positive = sd > 0
+    z = np.where(positive, (actual - mean) / np.where(positive, sd, 1), 0.0)
+    normal = NormalDist()
+    cdf = np.array([normal.cdf(v) for v in z])
+    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    scores = np.where(positive, sd * (z * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi)), absolute)
+    return float(np.mean(scores))

@@ -29,6 +29,9 @@ def arrived_points(engine: Engine, run_ids: list[str]) -> pd.DataFrame:
             Forecast.mean,
             Forecast.quantiles,
             Forecast.prob_above_last,
+            Forecast.calibrated_quantiles,
+            Forecast.calibrated_prob_above_last,
+            Forecast.baseline_quantiles,
             Bar.close.label("actual"),
             ForecastRun.model_name,
             ForecastRun.model_version,
@@ -129,14 +132,48 @@ def due_runs(engine: Engine, now: datetime, lookback_days: int) -> list[str]:
         return sorted(connection.execute(query).scalars())
 
 
-def by_horizon(points: pd.DataFrame) -> list[dict[str, float]]:
-    """Per forecast step: MAE skill versus persistence and the coverage of the widest central band."""
-    levels = sorted(float(q) for q in points["quantiles"].iloc[0])
-    low, high = levels[0], levels[-1]
+BANDS = {"raw": "quantiles", "calibrated": "calibrated_quantiles", "baseline": "baseline_quantiles"}
+DRIFT_TOLERANCE = 0.05  # calibrated coverage further than this from nominal (outside its Wilson interval): drift
+
+
+def band_coverage(part: pd.DataFrame, column: str) -> dict[str, float] | None:
+    """Coverage of the widest central band of a quantile column (with its Wilson interval) and the mean
+    pinball loss over its levels; None where the column is empty (no calibration, an older run)."""
+    known = part[part[column].map(lambda d: bool(d))]
+    if known.empty:
+        return None
+    levels = sorted(float(q) for q in known[column].iloc[0])
+    actual = known["actual"].to_numpy(float)
+    values = {q: known[column].map(lambda d, q=q: d[f"{q:g}"]).to_numpy(float) for q in levels}
+    inside = int(((actual >= values[levels[0]]) & (actual <= values[levels[-1]])).sum())
+    interval = metrics.wilson(inside, len(actual))
+    return {
+        "count": int(len(actual)),
+        "nominal": levels[-1] - levels[0],
+        "coverage": interval.value,
+        "coverage_low": interval.low,
+        "coverage_high": interval.high,
+        "pinball": metrics.pinball(values, actual),
+    }
+
+
+def bands_of(part: pd.DataFrame) -> dict[str, dict | None]:
+    """Raw, calibrated and baseline band scores of a set of points, and whether the calibrated band drifted."""
+    out = {name: band_coverage(part, column) for name, column in BANDS.items()}
+    calibrated = out["calibrated"]
+    if calibrated is not None:
+        off = abs(calibrated["coverage"] - calibrated["nominal"]) > DRIFT_TOLERANCE
+        outside = not calibrated["coverage_low"] <= calibrated["nominal"] <= calibrated["coverage_high"]
+        calibrated["drift"] = bool(off and outside)
+    return out
+
+
+def by_horizon(points: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per forecast step: MAE skill versus persistence and the raw, calibrated and baseline band coverage."""
     rows = []
     for step, part in points.groupby("step"):
         actual = part["actual"].to_numpy(float)
-        band = [part["quantiles"].map(lambda d, q=q: d[f"{q:g}"]).to_numpy(float) for q in (low, high)]
+        bands = bands_of(part)
         rows.append(
             {
                 "step": int(step),
@@ -145,8 +182,9 @@ def by_horizon(points: pd.DataFrame) -> list[dict[str, float]]:
                     metrics.mae(part["mean"].to_numpy(float), actual),
                     metrics.mae(part["last_value"].to_numpy(float), actual),
                 ),
-                "coverage": metrics.coverage(band[0], band[1], actual),
-                "nominal": high - low,
+                "coverage": bands["raw"]["coverage"],
+                "nominal": bands["raw"]["nominal"],
+                **{f"{name}_coverage": band["coverage"] for name, band in bands.items() if band is not None},
             }
         )
     return rows
@@ -165,5 +203,7 @@ def by_version(engine: Engine, run_ids: list[str]) -> dict[str, dict[str, Any]]:
             "runs": sorted(part["run_id"].unique()),
             "reliability": metrics.reliability(part["prob_above_last"].to_numpy(float), (actual > last).astype(float)),
             "horizons": by_horizon(part),
+            "bands": bands_of(part),
+            "symbols": {str(symbol): bands_of(rows) for symbol, rows in part.groupby("symbol")},
         }
     return out

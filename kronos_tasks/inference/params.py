@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 from kronos_tasks.errors import KronosFlowError
 
+# The version of what a seed draws: the random stream (``sampling``) and the decoding that consumes it. A
+# change that makes the same seed sample other paths on purpose bumps it (and rebuilds
+# tests/fixtures/golden/expected.json); every run records it, so that replay tells "another stream" from
+# "a mismatch".
+STREAM_VERSION = 1
+
 MAX_SEED = 2**63 - 1
 
 

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from .params import SamplingParams
+from .params import STREAM_VERSION, SamplingParams
 
-__all__ = ["SamplingParams", "filter_logits", "mix32", "sample_from_logits", "stream_keys", "uniforms"]
+__all__ = [
+    "STREAM_VERSION",
+    "SamplingParams",
+    "filter_logits",
+    "mix32",
+    "sample_from_logits",
+    "stream_keys",
+    "uniforms",
+]
 
 _MASK32 = 0xFFFFFFFF
 

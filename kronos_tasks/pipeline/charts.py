@@ -195,7 +195,14 @@ def horizon_plot(horizons: list[dict], title: str, path: Path, band: str) -> Non
     nominal = horizons[0].get("nominal") if horizons else None
     if nominal is not None:
         cover_axis.axhline(nominal, color="grey", lw=1, ls="--", label=f"nominal {nominal:.0%}")
-    cover_axis.plot(steps, [h["coverage"] for h in horizons], marker="o", ms=3, label=f"{band} band")
+    for key, name, colour in (
+        ("raw_coverage", "raw", "tab:blue"),
+        ("calibrated_coverage", "calibrated", "tab:green"),
+        ("baseline_coverage", "historical volatility", "tab:grey"),
+    ):
+        if any(key in h for h in horizons):
+            values = [h.get(key, float("nan")) for h in horizons]
+            cover_axis.plot(steps, values, marker="o", ms=3, color=colour, label=f"{band} band, {name}")
     cover_axis.set_ylim(0, 1)
     cover_axis.set_xlabel("bars ahead")
     cover_axis.set_ylabel("share of outcomes inside")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,13 +23,15 @@ from kronos_tasks.data.schema import FEATURES, DataError
 from kronos_tasks.data.watchlist import load_watchlist, parse_watchlist
 from kronos_tasks.errors import KronosFlowError, ParamsError
 from kronos_tasks.forecasting.params import ForecastParams
-from kronos_tasks.inference.params import InputError, check_int
+from kronos_tasks.inference.params import STREAM_VERSION, InputError, check_int
 from kronos_tasks.registry.listing import pin
 from kronos_tasks.storage import (
+    calibration_content,
     clear_staging,
     fail_items,
     item_counts,
     item_failures,
+    latest_calibration,
     persist_run,
     plan_items,
     read_windows,
@@ -88,7 +91,7 @@ def plan(
     except InputError as exc:
         raise ParamsError(str(exc)) from None
     items = parse_watchlist(watchlist) if watchlist else load_watchlist(settings.watchlist)
-    repeated = sorted({i.symbol for i in items if sum(j.symbol == i.symbol for j in items) > 1})
+    repeated = sorted(symbol for symbol, count in Counter(i.symbol for i in items).items() if count > 1)
     if repeated:
         raise ParamsError(
             f"the watchlist lists {repeated[:5]} at several intervals; a daily run stores one forecast per symbol, "
@@ -99,6 +102,21 @@ def plan(
     model = requested.model or settings.model_alias
     pinned = pin(settings, model)  # versions and checksums; each forecast task fetches and verifies the weights
     resolved = requested.resolve(pinned.max_context, model, settings.batch_size, seed_key=run_id)
+    calibrations = {}
+    for interval in sorted({item.interval for item in items}):
+        found = latest_calibration(engine, pinned.model_name, pinned.model_version, interval)
+        if found is not None:
+            calibrations[interval] = found[0]
+        else:
+            log.warning(
+                "%s v%s has no calibration at %s: its %s forecasts are stored raw (calibrated columns empty); "
+                "the rollout DAG or `kronos-flow calibrate --model %s` fits one",
+                pinned.model_name,
+                pinned.model_version,
+                interval,
+                interval,
+                pinned.model_version,
+            )
     run = RunPlan(
         run_id=run_id,
         dag_id=dag_id,
@@ -111,6 +129,7 @@ def plan(
         max_staleness=max_staleness,
         shards=min(shards, len(items)),
         symbols=len(items),
+        calibrations=calibrations,
     )
     if shards > max_map_length:
         reason = (
@@ -178,6 +197,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     """
     from kronos_tasks.data.calendar_cache import CalendarCache
     from kronos_tasks.data.freshness import StaleData
+    from kronos_tasks.evaluation.calibration import Calibration, annotate
     from kronos_tasks.forecasting.engine import pinned_predictor
     from kronos_tasks.forecasting.windows import forecast_rows, make_window, predict_windows
 
@@ -216,11 +236,19 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     predicted, errors = predict_windows(predictor, windows, params, run.seed)
     failed.update({symbol: ("forecast", reason) for symbol, reason in errors.items()})
     forecast_seconds = time.perf_counter() - read
+    calibrations = {
+        interval: Calibration.from_dict(calibration_content(engine, sha)) for interval, sha in run.calibrations.items()
+    }
     rows = [
         row
         for window in windows
         if window.symbol in predicted
-        for row in forecast_rows(run.run_id, window, predicted[window.symbol])
+        for row in annotate(
+            forecast_rows(run.run_id, window, predicted[window.symbol]),
+            window.bars["close"].to_numpy(float),
+            calibrations.get(window.item.interval),
+            params.quantiles,
+        )
     ]
     done = [w.record() for w in windows if w.symbol in predicted]
     stage_forecasts(engine, run.run_id, f"shard-{shard:04d}", rows, done)
@@ -266,6 +294,7 @@ def run_row(run: RunPlan, results: list[BatchResult], status: str, finished_at: 
         **run.pinned.audit_fields(),
         "mlflow_run_id": None,
         "data_window_hash": None,
+        "calibrations": dict(run.calibrations),
         "code_version": __version__,
         "symbols_ok": sum(r.ok for r in results),
         "symbols_failed": sum(r.failed for r in results),
@@ -283,6 +312,7 @@ def run_row(run: RunPlan, results: list[BatchResult], status: str, finished_at: 
             "hosts": sorted({r.host for r in results}),
             "threads": sorted({r.threads for r in results}),
             "trained_model": run.pinned.trained,
+            "stream_version": STREAM_VERSION,
         },
     }
 

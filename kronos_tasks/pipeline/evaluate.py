@@ -38,6 +38,9 @@ def log_versions(run_ids: list[str], evaluation_id: str) -> dict[str, str]:
         metrics = {"points": scores["points"]}
         for method in ("model", "persistence"):
             metrics.update({f"{method}_{metric}": value for metric, value in scores[method].items()})
+        for name, band in scores["bands"].items():
+            if band is not None:
+                metrics.update({f"{name}_band_{k}": float(v) for k, v in band.items() if k != "nominal"})
         with tempfile.TemporaryDirectory() as folder:
             reliability_plot(
                 scores["reliability"], f"{version}: P(close up) calibration", Path(folder) / "reliability.png"
@@ -46,6 +49,8 @@ def log_versions(run_ids: list[str], evaluation_id: str) -> dict[str, str]:
             band = f"{horizons[0]['nominal']:.0%}" if horizons else "quantile"
             horizon_plot(horizons, f"{version} over {len(scores['runs'])} run(s)", Path(folder) / "horizons.png", band)
             (Path(folder) / "horizons.json").write_text(json.dumps(horizons, indent=2))
+            bands = {"all": scores["bands"], "symbols": scores["symbols"]}
+            (Path(folder) / "coverage.json").write_text(json.dumps(bands, indent=2, default=float))
             identity = {"evaluation": evaluation_id, "model": version}
             logged[version] = record_run(
                 mlflow,

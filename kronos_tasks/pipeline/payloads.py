@@ -9,7 +9,7 @@ register themselves. This module imports neither torch, pandas nor MLflow.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from kronos_tasks.forecasting.params import ForecastParams
@@ -46,6 +46,7 @@ class RunPlan:
     max_staleness: int | None = None  # bars a symbol may lag its calendar (None: the interval's default)
     shards: int = 1
     symbols: int = 0
+    calibrations: dict[str, str] = field(default_factory=dict)  # interval -> sha256 of the calibration applied
 
     @property
     def seed(self) -> int:

@@ -22,6 +22,7 @@ from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.errors import ParamsError
 from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.hashing import frame_sha256
+from kronos_tasks.inference.params import STREAM_VERSION
 from kronos_tasks.storage import get_run, instrument, read_bars, run_windows
 from kronos_tasks.storage.models import Forecast
 
@@ -107,6 +108,7 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
         "dtype": "float32",
         "seed": run.seed,
         "code_version": run.code_version,
+        "stream_version": (run.extra or {}).get("stream_version", 1),
     }
     replayed = {
         "model": f"{pair.model_name} v{pair.model_version}",
@@ -116,6 +118,7 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
         "dtype": "float32",
         "seed": run.seed,
         "code_version": __version__,
+        "stream_version": STREAM_VERSION,
     }
     result = Replay(run_id, recorded, replayed)
     stored = _stored_rows(run_id)
@@ -174,6 +177,11 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
 
 
 def _why(recorded: dict, replayed: dict, same_weights: bool) -> str:
+    if recorded["stream_version"] != replayed["stream_version"]:
+        return (
+            f"recorded with random stream {recorded['stream_version']}, this build draws stream "
+            f"{replayed['stream_version']}: the same seed samples other paths by design"
+        )
     if not same_weights:
         return f"other weights: recorded {recorded['model']}, replayed with {replayed['model']}"
     if recorded["device"] != replayed["device"]:

@@ -35,6 +35,7 @@ class Gate:
     min_skill: float = 0.0
     max_brier: float = 0.25
     tolerance: float = 0.02
+    coverage_tolerance: float = 0.05  # calibrated band coverage on held-back origins vs nominal
 
 
 def _items(watchlist: Any) -> list[WatchItem]:
@@ -82,7 +83,11 @@ def champion(alias: str) -> PinnedPair | None:
 def backtest(
     pair: PinnedPair | None, watchlist: Any, params: dict[str, Any], origins: int, stride: int, seed: int
 ) -> dict[str, Any] | None:
-    """Backtest scores of a pinned pair on the latest windows of the watchlist (same origins and seeds for all)."""
+    """Backtest scores of a pinned pair on the latest windows of the watchlist (same origins and seeds for all),
+    and its calibration per interval: a walk-forward holdout report, and the calibration fitted on all the
+    origins, stored for the version (``calibrate.fit_and_store``)."""
+    from .calibrate import fit_and_store
+
     if pair is None:
         return None
     forecast_params = ForecastParams.from_dict(params, pair.max_context)
@@ -90,7 +95,13 @@ def backtest(
         runtime.engine(), _items(watchlist), forecast_params, pair.max_context, origins, stride, seed
     )
     result = run_backtest(chosen, forecast_params, _predictor(pair, forecast_params), pair.label)
-    return {"label": result.model_label, "version": pair.model_version, "scores": result.scores}
+    calibration = fit_and_store(result.rows, forecast_params.quantiles, pair)
+    return {
+        "label": result.model_label,
+        "version": pair.model_version,
+        "scores": result.scores,
+        "calibration": calibration,
+    }
 
 
 def decide(candidate: dict[str, Any], current: dict[str, Any] | None, gate: Gate, force: bool) -> dict[str, Any]:
@@ -136,11 +147,56 @@ def decide(candidate: dict[str, Any], current: dict[str, Any] | None, gate: Gate
                 f"Brier {model['brier']:.4f} is worse than the champion's {held['brier']:.4f} beyond the "
                 f"tolerance {gate.tolerance}"
             )
+    reasons += _honesty(candidate, gate, numbers)
     if reasons:
         action = "force_promote" if force else "refuse"
     else:
         action = "promote"
     return {"action": action, "reasons": reasons or ["passed the gate"], "numbers": json_safe(numbers)}
+
+
+def _honesty(candidate: dict[str, Any], gate: Gate, numbers: dict[str, Any]) -> list[str]:
+    """The gate's checks of stated uncertainty: calibrated band coverage on held-back origins within
+    ``coverage_tolerance`` of nominal for every interval, and a CRPS below the historical-volatility band's and
+    persistence's. Adds each number to ``numbers``; returns the reasons to refuse."""
+    reasons = []
+    scores = candidate["scores"]
+    crps = {
+        "model": scores["model"].get("crps"),
+        "histvol": scores.get("histvol", {}).get("crps"),
+        "persistence": scores["persistence"].get("crps"),
+    }
+    numbers.update({f"crps_{k}": v for k, v in crps.items()})
+    if None in crps.values():
+        reasons.append("the backtest produced no finite CRPS for the model or a baseline")
+    else:
+        for baseline in ("histvol", "persistence"):
+            if not crps["model"] < crps[baseline]:
+                name = "the historical-volatility band" if baseline == "histvol" else "persistence"
+                reasons.append(f"CRPS {crps['model']:.5g} does not beat {name}'s {crps[baseline]:.5g}")
+    calibration = candidate.get("calibration") or {}
+    if not calibration:
+        reasons.append("no calibration could be fitted on the backtest")
+    for interval, entry in calibration.items():
+        if "holdout" not in entry:
+            reasons.append(f"no calibration at {interval}: {entry.get('skipped')}")
+            continue
+        band = entry["holdout"]["calibrated"]
+        numbers.update(
+            {
+                f"{interval}_calibrated_coverage": band["coverage"],
+                f"{interval}_raw_coverage": entry["holdout"]["raw"]["coverage"],
+                f"{interval}_histvol_coverage": entry["holdout"]["histvol"]["coverage"],
+                f"{interval}_nominal_coverage": band["nominal"],
+            }
+        )
+        # inclusive, and blind to float noise: 0.75 is within 0.05 of 0.80
+        if band["coverage"] is None or abs(band["coverage"] - band["nominal"]) > gate.coverage_tolerance + 1e-9:
+            reasons.append(
+                f"at {interval} the calibrated {band['nominal']:.0%} band covered {band['coverage']} of held-back "
+                f"outcomes, outside {band['nominal']:.0%} +- {gate.coverage_tolerance}"
+            )
+    return reasons
 
 
 def _record(

@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric
 from sqlalchemy import select
 
+from kronos_tasks.inference.params import STREAM_VERSION
 from kronos_tasks.registry.mlflow_setup import client, ensure_experiment
 from kronos_tasks.registry.pinned import PinnedPair
 from kronos_tasks.registry.runs import finish_run, start_run
@@ -45,13 +46,20 @@ DATASET_SCHEMA = json.dumps(
 )
 
 
+BANDS = {"quantiles": "q", "calibrated_quantiles": "cal_q", "baseline_quantiles": "hv_q"}
+
+
 def summary_frame(rows: list[dict]) -> pd.DataFrame:
-    """Forecast rows as a flat frame (quantiles as columns q0.1, ...), for CSV output and MLflow artifacts."""
+    """Forecast rows as a flat frame for CSV output and MLflow artifacts: raw quantiles as columns q0.1, ...,
+    calibrated ones as cal_q0.1, ..., the historical-volatility baseline's as hv_q0.1, ... (close rows)."""
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    quantiles = pd.DataFrame(list(frame.pop("quantiles"))).add_prefix("q")
-    return pd.concat([frame.reset_index(drop=True), quantiles], axis=1)
+    parts = [frame.drop(columns=[c for c in BANDS if c in frame]).reset_index(drop=True)]
+    for column, prefix in BANDS.items():
+        if column in frame:
+            parts.append(pd.DataFrame([v or {} for v in frame[column]]).add_prefix(prefix))
+    return pd.concat(parts, axis=1)
 
 
 def _forecast_query(run_id: str, symbols: list[str] | None = None, feature: str | None = None):
@@ -166,6 +174,15 @@ def describe(run: RunPlan, summary: RunSummary, windows: list[ForecastWindow], d
     ]
     if pair.warning:
         lines.append(f"- **{pair.warning}**")
+    intervals = sorted({w.interval for w in windows})
+    for interval in intervals:
+        sha = run.calibrations.get(interval)
+        lines.append(
+            f"- {interval}: calibrated quantiles and P(up) from calibration `{sha[:16]}`"
+            if sha
+            else f"- {interval}: **raw** quantiles only: this version has no calibration at {interval} "
+            "(the rollout DAG or `kronos-flow calibrate` fits one)"
+        )
     if windows:
         lines += [
             "",
@@ -240,6 +257,8 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
         "symbols": summary.symbols_ok + summary.symbols_failed,
         "device": device,
         "dtype": "float32",
+        "stream_version": STREAM_VERSION,
+        **{f"calibration_{interval}": sha for interval, sha in run.calibrations.items()},
     }
     metrics = {
         "symbols_ok": summary.symbols_ok,

@@ -11,6 +11,7 @@ from .bars import (
     write_bars,
     write_bars_many,
 )
+from .calibrations import calibration_content, latest_calibration, store_calibration
 from .db import DatabaseError, current_revision, downgrade, make_engine, require_schema, upgrade, upsert
 from .items import fail_items, item_counts, item_failures, plan_items, read_windows, reset_shard, shard_items
 from .runs import (
@@ -26,6 +27,9 @@ from .runs import (
 )
 
 __all__ = [
+    "calibration_content",
+    "latest_calibration",
+    "store_calibration",
     "fail_items",
     "item_counts",
     "item_failures",

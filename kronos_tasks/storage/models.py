@@ -120,6 +120,7 @@ class ForecastRun(Base):
     bars_per_second: Mapped[float | None] = mapped_column(Float)
     timings: Mapped[dict] = mapped_column(JSON)  # seconds per stage
     extra: Mapped[dict] = mapped_column(JSON)  # anything else worth keeping (watchlist, params as given)
+    calibrations: Mapped[dict | None] = mapped_column(JSON)  # {interval: sha256 of the calibration applied}
 
 
 class Forecast(Base):
@@ -140,6 +141,11 @@ class Forecast(Base):
     quantiles: Mapped[dict] = mapped_column(JSON)  # {"0.1": value, ...}
     prob_above_last: Mapped[float] = mapped_column(Float)  # share of sample paths above last_value
     series_seed: Mapped[int] = mapped_column(BigInteger)
+    # close only, None elsewhere: the version's calibration applied (None: it has none), and the
+    # historical-volatility baseline's band at the same levels
+    calibrated_quantiles: Mapped[dict | None] = mapped_column(JSON)
+    calibrated_prob_above_last: Mapped[float | None] = mapped_column(Float)
+    baseline_quantiles: Mapped[dict | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_forecasts_symbol_target", "symbol", "target_ts"),)
 
@@ -165,6 +171,9 @@ class StagedForecast(Base):
     quantiles: Mapped[dict] = mapped_column(JSON)
     prob_above_last: Mapped[float] = mapped_column(Float)
     series_seed: Mapped[int] = mapped_column(BigInteger)
+    calibrated_quantiles: Mapped[dict | None] = mapped_column(JSON)
+    calibrated_prob_above_last: Mapped[float | None] = mapped_column(Float)
+    baseline_quantiles: Mapped[dict | None] = mapped_column(JSON)
     staged_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -265,6 +274,22 @@ class ForecastScore(Base):
     evaluated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (UniqueConstraint("run_id", "symbol", "feature", "horizon", "method", "metric"),)
+
+
+class Calibration(Base):
+    """A calibration of a model version's close quantiles and P(up) at one interval (evaluation.calibration)."""
+
+    __tablename__ = "calibrations"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(250))
+    model_version: Mapped[str] = mapped_column(String(64))
+    interval: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    origins: Mapped[int] = mapped_column(Integer)
+    content: Mapped[dict] = mapped_column(JSON)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_calibrations_model", "model_name", "model_version", "interval"),)
 
 
 class ModelDecision(Base):

@@ -1,0 +1,247 @@
+"""Calibration of forecast quantiles and P(up) on held-back backtest origins, with a finite-sample guarantee.
+
+Quantiles: split-conformal, per quantile level and horizon step (conformalized quantile regression in
+its one-sided form). For level ``q`` and step ``h`` take the n held-back forecasts' relative residuals
+``s_i = (y_i - q_i) / last_i`` (outcome minus the raw quantile, in units of the last close, so symbols
+of any price pool). The calibrated quantile is ``q + s_(k) * last`` with the (n+1) correction
+``k = ceil((n + 1) q)`` for levels at or above the median and ``k = floor((n + 1) q)`` below it. For
+exchangeable residuals this gives ``P(y <= q') >= q`` for upper levels and ``P(y <= q') <= q`` for lower
+ones, so a band between levels ``lo`` and ``hi`` covers at least ``hi - lo`` (and, for continuous
+residuals, at most ``hi - lo + 2 / (n + 1)``). A level whose k falls outside 1..n (too few origins for
+it) is left raw and the calibration says so.
+
+P(up): isotonic regression (pool-adjacent violators) of "close ended above the last close" on the raw
+P(up), pooled over steps, when at least ``MIN_PROBABILITY_POINTS`` points exist; the identity below that.
+
+Per symbol where a symbol has at least ``MIN_ORIGINS_PER_SYMBOL`` origins, pooled over symbols otherwise
+(``scope`` says which). The result is plain JSON, stored with its SHA-256 and the origins it saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MIN_ORIGINS_PER_SYMBOL = 50
+MIN_PROBABILITY_POINTS = 100
+FORMAT = 1
+
+
+def conformal_offset(residuals: np.ndarray, level: float) -> float | None:
+    """The shift that calibrates quantile ``level`` from ``residuals`` (outcome minus raw quantile, scaled),
+    with the (n+1) correction; None when n is too small to give the guarantee at this level."""
+    scores = np.sort(residuals[np.isfinite(residuals)])
+    n = len(scores)
+    if n == 0:
+        return None
+    k = math.ceil((n + 1) * level) if level >= 0.5 else math.floor((n + 1) * level)
+    if not 1 <= k <= n:
+        return None
+    return float(scores[k - 1])
+
+
+def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """Non-decreasing least-squares fit of y on x (pool-adjacent violators) -> (knots x, fitted values)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order].astype(float)
+    blocks: list[list[float]] = []  # [sum of y, count, last x]
+    for xi, yi in zip(xs, ys):
+        blocks.append([yi, 1.0, xi])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            total, count, last = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+            blocks[-1][2] = last
+    knots, values, start = [], [], 0
+    for total, count, last in blocks:
+        first = xs[start]
+        knots += [float(first), float(last)]
+        values += [total / count] * 2
+        start += int(count)
+    return knots, values
+
+
+@dataclass
+class Calibration:
+    """A fitted calibration: per scope ("*" pooled, or a symbol), per level, per step, the relative shift;
+    and the P(up) map. ``describe()`` is what is stored."""
+
+    model: str
+    interval: str
+    levels: list[float]
+    steps: int
+    shifts: dict[str, dict[str, list[float | None]]]  # scope -> level -> shift per step (None: raw)
+    counts: dict[str, int]  # scope -> origins
+    probability: dict[str, list[float]] | None  # {"x": knots, "y": values}; None: identity
+    fitted_on: dict[str, Any] = field(default_factory=dict)  # origins, first/last origin, last target
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "interval": self.interval,
+            "method": "split-conformal per level and step on residuals / last close; isotonic P(up)",
+            "levels": self.levels,
+            "steps": self.steps,
+            "shifts": self.shifts,
+            "counts": self.counts,
+            "probability": self.probability,
+            "fitted_on": self.fitted_on,
+        }
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Calibration:
+        keys = ("model", "interval", "levels", "steps", "shifts", "counts", "probability", "fitted_on")
+        return cls(**{k: values[k] for k in keys})
+
+    def scope_of(self, symbol: str) -> str:
+        return symbol if symbol in self.shifts else "*"
+
+    def quantile(self, symbol: str, level: float, step: int, raw: float, last: float) -> float:
+        """A raw quantile forecast made calibrated (raw where this level or step has no shift)."""
+        shifts = self.shifts[self.scope_of(symbol)].get(f"{level:g}")
+        if shifts is None or step > len(shifts) or shifts[step - 1] is None:
+            return raw
+        return raw + shifts[step - 1] * last
+
+    def prob_up(self, raw: float) -> float:
+        if not self.probability:
+            return raw
+        return float(np.interp(raw, self.probability["x"], self.probability["y"]))
+
+
+def fit(rows: pd.DataFrame, levels: list[float], model: str, interval: str) -> Calibration:
+    """Fit a calibration on backtest rows (symbol, origin_ts, step, target_ts, last, actual, p_up, q<level>).
+
+    Only the rows given are read: what the caller held back is all the fit sees.
+    """
+    steps = int(rows["step"].max())
+    origins = rows.groupby("symbol")["origin_ts"].nunique()
+    scopes = {"*": rows}
+    scopes.update({s: part for s, part in rows.groupby("symbol") if origins[s] >= MIN_ORIGINS_PER_SYMBOL})
+    shifts, counts = {}, {}
+    for scope, part in scopes.items():
+        counts[scope] = int(part[["symbol", "origin_ts"]].drop_duplicates().shape[0])
+        by_step = {int(step): group for step, group in part.groupby("step")}
+        shifts[scope] = {
+            f"{level:g}": [
+                conformal_offset(((g["actual"] - g[f"q{level:g}"]) / g["last"]).to_numpy(float), level)
+                if (g := by_step.get(step)) is not None
+                else None
+                for step in range(1, steps + 1)
+            ]
+            for level in levels
+        }
+    probability = None
+    if len(rows) >= MIN_PROBABILITY_POINTS:
+        outcome = (rows["actual"] > rows["last"]).to_numpy(float)
+        knots, values = isotonic(rows["p_up"].to_numpy(float), outcome)
+        probability = {"x": knots, "y": values}
+    fitted_on = {
+        "origins": counts["*"],
+        "points": int(len(rows)),
+        "symbols": sorted(map(str, rows["symbol"].unique())),
+        "first_origin": pd.Timestamp(rows["origin_ts"].min()).isoformat(),
+        "last_origin": pd.Timestamp(rows["origin_ts"].max()).isoformat(),
+        "last_target": pd.Timestamp(rows["target_ts"].max()).isoformat(),
+        "per_symbol": sorted(s for s in scopes if s != "*"),
+    }
+    return Calibration(model, interval, list(levels), steps, shifts, counts, probability, fitted_on)
+
+
+def apply(rows: pd.DataFrame, calibration: Calibration) -> pd.DataFrame:
+    """Backtest-shaped rows with calibrated ``q<level>`` and ``p_up`` (raw kept as ``raw_q<level>``, ``raw_p_up``)."""
+    out = rows.copy()
+    for level in calibration.levels:
+        column = f"q{level:g}"
+        out[f"raw_{column}"] = rows[column]
+        out[column] = [
+            calibration.quantile(s, level, int(h), raw, last)
+            for s, h, raw, last in zip(rows["symbol"], rows["step"], rows[column], rows["last"])
+        ]
+    # Calibrated levels of a row stay in order (sorting them keeps each band's guarantee).
+    columns = [f"q{level:g}" for level in sorted(calibration.levels)]
+    out[columns] = np.sort(out[columns].to_numpy(float), axis=1)
+    out["raw_p_up"] = rows["p_up"]
+    out["p_up"] = [calibration.prob_up(p) for p in rows["p_up"]]
+    return out
+
+
+def split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """Walk-forward halves of backtest rows: (fit rows: every outcome known by the middle origin time,
+    evaluation rows: the origins after it, the cut)."""
+    origins = np.sort(pd.to_datetime(rows["origin_ts"], utc=True).unique())
+    cut = pd.Timestamp(origins[(len(origins) - 1) // 2])
+    fit_rows = rows[pd.to_datetime(rows["target_ts"], utc=True) <= cut]
+    evaluation = rows[pd.to_datetime(rows["origin_ts"], utc=True) > cut]
+    return fit_rows, evaluation, cut
+
+
+def holdout(rows: pd.DataFrame, levels: list[float], model: str, interval: str) -> dict[str, Any]:
+    """Fit on the first half of the origins (outcomes known by the cut), score on the second: raw, calibrated
+    and historical-volatility bands (coverage with Wilson intervals, pinball), P(up) Brier raw and
+    calibrated, CRPS of the model's sample paths, the volatility band and persistence."""
+    from . import metrics
+    from .backtest import band_scores
+
+    fit_rows, evaluation, cut = split(rows)
+    if fit_rows.empty or evaluation.empty:
+        raise ValueError("a calibration holdout needs origins on both sides of the middle one")
+    calibration = fit(fit_rows, levels, model, interval)
+    calibrated = apply(evaluation, calibration)
+    actual, last = evaluation["actual"].to_numpy(float), evaluation["last"].to_numpy(float)
+    outcome = (actual > last).astype(float)
+    return {
+        "cut": cut.isoformat(),
+        "fit_origins": calibration.fitted_on["origins"],
+        "evaluated_origins": int(evaluation[["symbol", "origin_ts"]].drop_duplicates().shape[0]),
+        "scope": "per symbol: " + ", ".join(calibration.fitted_on["per_symbol"])
+        if calibration.fitted_on["per_symbol"]
+        else "pooled",
+        "raw": band_scores(evaluation, levels),
+        "calibrated": band_scores(calibrated, levels),
+        "histvol": band_scores(evaluation, levels, "hv_"),
+        "brier": {
+            "raw": metrics.brier(evaluation["p_up"], outcome),
+            "calibrated": metrics.brier(calibrated["p_up"], outcome),
+            "persistence": 0.25,
+        },
+        "crps": {
+            "model": float(evaluation["crps"].mean()),
+            "histvol": metrics.crps_normal(last, evaluation["hv_sd"], actual),
+            "persistence": metrics.mae(last, actual),
+        },
+    }
+
+
+def annotate(rows: list[dict], close: np.ndarray, calibration: Calibration | None, levels) -> list[dict]:
+    """Forecast rows (``forecasting.windows.forecast_rows``) of one symbol with their close rows' calibrated
+    quantiles and P(up) (when there is a calibration) and the historical-volatility baseline band; the
+    rows of other features get None in those fields."""
+    from . import metrics
+
+    last = float(close[-1])
+    steps = max(r["step"] for r in rows)
+    band = metrics.histvol_band(last, metrics.histvol_sigma(close), steps, levels)
+    for row in rows:
+        row["calibrated_quantiles"] = row["calibrated_prob_above_last"] = row["baseline_quantiles"] = None
+        if row["feature"] != "close":
+            continue
+        step = row["step"]
+        row["baseline_quantiles"] = {f"{q:g}": float(band[q][step - 1]) for q in levels}
+        if calibration is not None:
+            symbol = row["symbol"]
+            shifted = sorted(calibration.quantile(symbol, q, step, row["quantiles"][f"{q:g}"], last) for q in levels)
+            row["calibrated_quantiles"] = {f"{q:g}": float(v) for q, v in zip(sorted(levels), shifted)}
+            row["calibrated_prob_above_last"] = calibration.prob_up(row["prob_above_last"])
+    return rows

@@ -1,0 +1,130 @@
+"""Calibration of quantiles and P(up): the finite-sample coverage guarantee on exchangeable residuals, the
+isotonic P(up) map, and a fit that reads nothing after its cut."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronos_tasks.evaluation.calibration import (
+    MIN_PROBABILITY_POINTS,
+    apply,
+    conformal_offset,
+    fit,
+    holdout,
+    isotonic,
+    split,
+)
+
+LEVELS = [0.1, 0.5, 0.9]
+
+
+def rows(n: int, rng: np.random.Generator, steps: int = 1, start: str = "2024-01-01") -> pd.DataFrame:
+    """n origins of one symbol whose raw bands are far too narrow and biased: y = last (1 + 0.02 e),
+    e ~ Student t(5), raw quantiles last (1 + 0.002 z_q) + 0.01 last."""
+    origins = pd.date_range(start, periods=n, freq="D", tz="UTC")
+    frames = []
+    for step in range(1, steps + 1):
+        last = 100 * np.exp(rng.normal(0, 0.1, n))
+        actual = last * (1 + 0.02 * rng.standard_t(5, n) * math.sqrt(step))
+        frame = pd.DataFrame(
+            {
+                "symbol": "S",
+                "origin_ts": origins,
+                "step": step,
+                "target_ts": origins + pd.Timedelta(days=step),
+                "last": last,
+                "actual": actual,
+                "p_up": np.clip(0.5 + (actual - last) / last * rng.uniform(0, 10, n), 0, 1),
+            }
+        )
+        for q, z in zip(LEVELS, (-1.2816, 0.0, 1.2816)):
+            frame[f"q{q:g}"] = last * (1 + 0.002 * z) + 0.01 * last
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_conformal_offset_uses_the_n_plus_one_rank_and_refuses_levels_it_cannot_guarantee():
+    residuals = np.arange(1.0, 10.0)  # n = 9
+    assert conformal_offset(residuals, 0.9) == 9.0  # ceil(10 * 0.9) = 9th smallest
+    assert conformal_offset(residuals, 0.5) == 5.0  # ceil(10 * 0.5) = 5th
+    assert conformal_offset(residuals, 0.1) == 1.0  # floor(10 * 0.1) = 1st
+    assert conformal_offset(residuals, 0.95) is None  # ceil(10 * 0.95) = 10 > n: no finite guarantee
+    assert conformal_offset(residuals, 0.05) is None  # floor(10 * 0.05) = 0
+    assert conformal_offset(np.array([np.nan, 1.0]), 0.5) == 1.0  # non-finite residuals are left out
+
+
+def test_calibrated_band_covers_its_nominal_share_over_1000_exchangeable_trials():
+    rng = np.random.default_rng(0)
+    n, trials = 99, 1000
+    covered, below_high, below_low = [], [], []
+    raw_covered = []
+    for _ in range(trials):
+        data = rows(n + 1, rng)
+        calibration = fit(data.iloc[:n], LEVELS, "m", "1d")
+        test = apply(data.iloc[n:], calibration).iloc[0]
+        covered.append(test["q0.1"] <= test["actual"] <= test["q0.9"])
+        below_high.append(test["actual"] <= test["q0.9"])
+        below_low.append(test["actual"] <= test["q0.1"])
+        raw_covered.append(test["raw_q0.1"] <= test["actual"] <= test["raw_q0.9"])
+    tolerance = 3 * math.sqrt(0.8 * 0.2 / trials)
+    # Split conformal: 0.8 <= P(cover) <= 0.8 + 2 / (n + 1) for continuous residuals.
+    assert 0.8 - tolerance <= np.mean(covered) <= 0.8 + 2 / (n + 1) + tolerance
+    assert np.mean(below_high) >= 0.9 - 3 * math.sqrt(0.09 / trials)
+    assert np.mean(below_low) <= 0.1 + 3 * math.sqrt(0.09 / trials)
+    assert np.mean(raw_covered) < 0.3  # the raw band was far too narrow
+
+
+def test_per_step_shifts_follow_each_horizon_and_scopes_say_pooled_or_per_symbol():
+    rng = np.random.default_rng(1)
+    data = rows(60, rng, steps=3)
+    calibration = fit(data, LEVELS, "m", "1d")
+    upper = calibration.shifts["S"]["0.9"]
+    assert calibration.fitted_on["per_symbol"] == ["S"] and len(upper) == 3
+    assert upper[0] < upper[2]  # wider residuals further ahead: a larger shift
+    few = fit(data[data["origin_ts"] < data["origin_ts"].min() + pd.Timedelta(days=20)], LEVELS, "m", "1d")
+    assert few.fitted_on["per_symbol"] == [] and set(few.shifts) == {"*"}  # under 50 origins: pooled only
+
+
+def test_isotonic_probability_map_is_monotone_and_identity_below_the_minimum_count():
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
+    knots, values = isotonic(x, y)
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    assert values[2] == values[3] == pytest.approx(0.5)  # the violators 1, 0 pooled
+    rng = np.random.default_rng(2)
+    small = rows(MIN_PROBABILITY_POINTS - 1, rng)
+    assert fit(small, LEVELS, "m", "1d").prob_up(0.37) == 0.37
+    large = fit(rows(400, rng), LEVELS, "m", "1d")
+    grid = np.linspace(0, 1, 21)
+    mapped = [large.prob_up(p) for p in grid]
+    assert mapped == sorted(mapped) and mapped != list(grid)
+
+
+def test_the_holdout_fit_reads_nothing_after_its_cut():
+    rng = np.random.default_rng(3)
+    data = rows(120, rng, steps=2)
+    fit_rows, evaluation, cut = split(data)
+    assert (pd.to_datetime(fit_rows["target_ts"]) <= cut).all() and (
+        pd.to_datetime(evaluation["origin_ts"]) > cut
+    ).all()
+    before = fit(fit_rows, LEVELS, "m", "1d").sha256
+    later = pd.to_datetime(data["target_ts"]) > cut
+    changed = data.copy()
+    changed.loc[later, "actual"] *= 3  # every outcome after the cut rewritten
+    changed.loc[later, "p_up"] = 0.99
+    assert fit(split(changed)[0], LEVELS, "m", "1d").sha256 == before
+    data["crps"] = 1.0
+    data["hv_sd"] = data["last"] * 0.02
+    for q, z in zip(LEVELS, (-1.2816, 0.0, 1.2816)):
+        data[f"hv_q{q:g}"] = data["last"] * (1 + 0.02 * z)
+    report = holdout(data, LEVELS, "m", "1d")
+    assert report["raw"]["coverage"] < 0.3 and abs(report["calibrated"]["coverage"] - 0.8) < 0.12
+    assert (
+        report["calibrated"]["coverage_low"]
+        <= report["calibrated"]["coverage"]
+        <= report["calibrated"]["coverage_high"]
+    )
