@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test stack-test demo ui screenshots bench lint constraints clean
+.PHONY: install test stack-test demo ui screenshots mutation bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ screenshots: install
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[screenshots]"
 	$(BIN)/python docs/screenshots.py
+
+# Mutation testing ([tool.mutmut] in pyproject.toml lists the modules and their tests); kill rates: docs/testing.md.
+mutation: install
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[mutation]"
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results --all true > mutation-results.txt || true
+	$(BIN)/python docs/mutation_report.py mutation-results.txt
 
 bench: install
 	$(BIN)/python bench/decode.py --json bench/results/decode-cpu.json

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from kronos_tasks.inference.sampling import (
     SamplingParams,
     filter_logits,
@@ -55,19 +56,10 @@ def test_temperature_sharpens_before_filtering():
     assert sample_from_logits(logits, SamplingParams(T=0.05, top_p=1.0), u).item() == 0
 
 
-def lowbias32(x: int) -> int:
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
 def test_mix32_is_lowbias32_without_int64_overflow():
     values = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
     got = mix32(torch.tensor(values, dtype=torch.int64)).tolist()
-    assert got == [lowbias32(v) for v in values]
+    assert got == [reference.lowbias32(v) for v in values]
 
 
 def test_uniforms_are_uniform_and_independent_of_the_batch():

@@ -119,26 +119,24 @@ def bar_count(engine: Engine, symbol: str | None = None) -> int:
         return connection.execute(query).scalar_one()
 
 
-def instruments(engine: Engine, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Instrument]:
-    """The stored instruments of (symbol, interval) ``pairs`` that have one."""
+def _by_pairs(engine: Engine, model, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], object]:
+    """Rows of ``model`` (keyed by symbol and interval) for (symbol, interval) ``pairs``, 400 pairs a query."""
     found = {}
     with Session(engine) as session:
         for start in range(0, len(pairs), 400):
-            chunk = pairs[start : start + 400]
-            query = select(Instrument).where(tuple_(Instrument.symbol, Instrument.interval).in_(chunk))
-            found.update({(i.symbol, i.interval): i for i in session.scalars(query)})
+            query = select(model).where(tuple_(model.symbol, model.interval).in_(pairs[start : start + 400]))
+            found.update({(row.symbol, row.interval): row for row in session.scalars(query)})
     return found
+
+
+def instruments(engine: Engine, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Instrument]:
+    """The stored instruments of (symbol, interval) ``pairs`` that have one."""
+    return _by_pairs(engine, Instrument, pairs)
 
 
 def source_records(engine: Engine, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], SourceFile]:
     """What the bar files of (symbol, interval) ``pairs`` looked like when last ingested, where known."""
-    found = {}
-    with Session(engine) as session:
-        for start in range(0, len(pairs), 400):
-            chunk = pairs[start : start + 400]
-            query = select(SourceFile).where(tuple_(SourceFile.symbol, SourceFile.interval).in_(chunk))
-            found.update({(r.symbol, r.interval): r for r in session.scalars(query)})
-    return found
+    return _by_pairs(engine, SourceFile, pairs)
 
 
 def source_record(engine: Engine, symbol: str, interval: str) -> SourceFile | None:
