@@ -39,12 +39,27 @@ def rows(n: int, rng: np.random.Generator, steps: int = 1, start: str = "2024-01
                 "last": last,
                 "actual": actual,
                 "p_up": np.clip(0.5 + (actual - last) / last * rng.uniform(0, 10, n), 0, 1),
+                "hv_sd": last * rng.uniform(0.01, 0.03, n) * math.sqrt(step),
             }
         )
         for q, z in zip(LEVELS, (-1.2816, 0.0, 1.2816)):
             frame[f"q{q:g}"] = last * (1 + 0.002 * z) + 0.01 * last
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def test_band_offset_widens_both_sides_by_the_n_plus_one_ranked_score():
+    from kronos_tasks.evaluation.calibration import band_offset, pairs, unpaired
+
+    group = pd.DataFrame(
+        {"last": 10.0, "step": 1, "hv_sd": 10.0, "actual": np.arange(1.0, 10.0), "q0.1": 5.0, "q0.9": 5.0}
+    )
+    # spread 10 x 1 x 1 = 10; scores max(5 - y, y - 5) / 10 sorted: 0, .1, .1, .2, .2, .3, .3, .4, .4; k = 8: 0.4
+    assert band_offset(group, 0.1, 0.9) == pytest.approx(0.4)
+    assert band_offset(group.iloc[1:8], 0.1, 0.9) == pytest.approx(0.3)  # n = 7: k = ceil(8 * 0.8) = 7
+    assert band_offset(group.iloc[:3], 0.1, 0.9) is None  # ceil(4 * 0.8) = 4 > n = 3
+    assert pairs([0.1, 0.5, 0.9]) == [(0.1, 0.9)] and unpaired([0.1, 0.5, 0.9]) == [0.5]
+    assert pairs([0.05, 0.25, 0.75, 0.95]) == [(0.05, 0.95), (0.25, 0.75)] and unpaired([0.2, 0.7]) == [0.2, 0.7]
 
 
 def test_conformal_offset_uses_the_n_plus_one_rank_and_refuses_levels_it_cannot_guarantee():
@@ -60,21 +75,22 @@ def test_conformal_offset_uses_the_n_plus_one_rank_and_refuses_levels_it_cannot_
 def test_calibrated_band_covers_its_nominal_share_over_1000_exchangeable_trials():
     rng = np.random.default_rng(0)
     n, trials = 99, 1000
-    covered, below_high, below_low = [], [], []
+    covered, below_median = [], []
     raw_covered = []
     for _ in range(trials):
         data = rows(n + 1, rng)
         calibration = fit(data.iloc[:n], LEVELS, "m", "1d")
         test = apply(data.iloc[n:], calibration).iloc[0]
         covered.append(test["q0.1"] <= test["actual"] <= test["q0.9"])
-        below_high.append(test["actual"] <= test["q0.9"])
-        below_low.append(test["actual"] <= test["q0.1"])
+        below_median.append(test["actual"] <= test["q0.5"])
         raw_covered.append(test["raw_q0.1"] <= test["actual"] <= test["raw_q0.9"])
     tolerance = 3 * math.sqrt(0.8 * 0.2 / trials)
-    # Split conformal: 0.8 <= P(cover) <= 0.8 + 2 / (n + 1) for continuous residuals.
-    assert 0.8 - tolerance <= np.mean(covered) <= 0.8 + 2 / (n + 1) + tolerance
-    assert np.mean(below_high) >= 0.9 - 3 * math.sqrt(0.09 / trials)
-    assert np.mean(below_low) <= 0.1 + 3 * math.sqrt(0.09 / trials)
+    # Split conformal: 0.8 <= P(cover) <= 0.8 + 1 / (n + 1) for continuous scores.
+    assert 0.8 - tolerance <= np.mean(covered) <= 0.8 + 1 / (n + 1) + tolerance
+    # The median, shifted one-sidedly: P(y <= q'_0.5) >= 0.5 (at most 0.5 + 1 / (n + 1)).
+    assert (
+        0.5 - 3 * math.sqrt(0.25 / trials) <= np.mean(below_median) <= 0.5 + 1 / (n + 1) + 3 * math.sqrt(0.25 / trials)
+    )
     assert np.mean(raw_covered) < 0.3  # the raw band was far too narrow
 
 
@@ -82,9 +98,10 @@ def test_per_step_shifts_follow_each_horizon_and_scopes_say_pooled_or_per_symbol
     rng = np.random.default_rng(1)
     data = rows(60, rng, steps=3)
     calibration = fit(data, LEVELS, "m", "1d")
-    upper = calibration.shifts["S"]["0.9"]
+    upper, lower = calibration.shifts["S"]["0.9"], calibration.shifts["S"]["0.1"]
     assert calibration.fitted_on["per_symbol"] == ["S"] and len(upper) == 3
-    assert upper[0] < upper[2]  # wider residuals further ahead: a larger shift
+    assert upper[0] < upper[2]  # wider residuals further ahead: a wider band
+    assert lower == [-u for u in upper]  # both sides widened alike
     few = fit(data[data["origin_ts"] < data["origin_ts"].min() + pd.Timedelta(days=20)], LEVELS, "m", "1d")
     assert few.fitted_on["per_symbol"] == [] and set(few.shifts) == {"*"}  # under 50 origins: pooled only
 
@@ -118,7 +135,6 @@ def test_the_holdout_fit_reads_nothing_after_its_cut():
     changed.loc[later, "p_up"] = 0.99
     assert fit(split(changed)[0], LEVELS, "m", "1d").sha256 == before
     data["crps"] = 1.0
-    data["hv_sd"] = data["last"] * 0.02
     for q, z in zip(LEVELS, (-1.2816, 0.0, 1.2816)):
         data[f"hv_q{q:g}"] = data["last"] * (1 + 0.02 * z)
     report = holdout(data, LEVELS, "m", "1d")

@@ -1,14 +1,16 @@
 """Calibration of forecast quantiles and P(up) on held-back backtest origins, with a finite-sample guarantee.
 
-Quantiles: split-conformal, per quantile level and horizon step (conformalized quantile regression in
-its one-sided form). For level ``q`` and step ``h`` take the n held-back forecasts' relative residuals
-``s_i = (y_i - q_i) / last_i`` (outcome minus the raw quantile, in units of the last close, so symbols
-of any price pool). The calibrated quantile is ``q + s_(k) * last`` with the (n+1) correction
-``k = ceil((n + 1) q)`` for levels at or above the median and ``k = floor((n + 1) q)`` below it. For
-exchangeable residuals this gives ``P(y <= q') >= q`` for upper levels and ``P(y <= q') <= q`` for lower
-ones, so a band between levels ``lo`` and ``hi`` covers at least ``hi - lo`` (and, for continuous
-residuals, at most ``hi - lo + 2 / (n + 1)``). A level whose k falls outside 1..n (too few origins for
-it) is left raw and the calibration says so.
+Quantiles: split-conformal, per horizon step, on scores in units of each forecast's recent spread
+``d = last close x sigma x sqrt(step)`` (sigma: the standard deviation of the last 20 log returns, as the
+historical-volatility baseline; at least 1e-4), so that symbols of any price pool and a calm week and a
+wild one give comparable scores. Each central band (levels ``lo`` and ``hi = 1 - lo``) is widened as
+conformalized quantile regression does: with the n held-back forecasts' scores
+``E_i = max(q_lo,i - y_i, y_i - q_hi,i) / d_i`` and ``Q = E_(k)``, ``k = ceil((n + 1)(hi - lo))``, the band
+``[q_lo - Q d, q_hi + Q d]`` covers at least ``hi - lo`` of exchangeable outcomes (at most
+``hi - lo + 1 / (n + 1)`` for continuous scores). Widening both sides alike does not chase a drift of the
+fit period into the next one. A level in no band (the median) is shifted one-sidedly: the residuals
+``s_i = (y_i - q_i) / d_i`` and ``q + s_(k) d`` with ``k = ceil((n + 1) q)`` give ``P(y <= q') >= q``. A
+band or level whose k falls outside 1..n (too few origins for it) is left raw.
 
 P(up): isotonic regression (pool-adjacent violators) of "close ended above the last close" on the raw
 P(up), pooled over steps, when at least ``MIN_PROBABILITY_POINTS`` points exist; the identity below that.
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 MIN_ORIGINS_PER_SYMBOL = 50
+SIGMA_FLOOR = 1e-4  # per-bar volatility below which a flat history's spread is taken as this
 MIN_PROBABILITY_POINTS = 100
 FORMAT = 1
 
@@ -44,6 +47,39 @@ def conformal_offset(residuals: np.ndarray, level: float) -> float | None:
     if not 1 <= k <= n:
         return None
     return float(scores[k - 1])
+
+
+def pairs(levels) -> list[tuple[float, float]]:
+    """Central bands among the levels: (q, 1 - q) for every q below the median whose mirror is there too."""
+    present = {round(q, 9) for q in levels}
+    return [(q, 1 - q) for q in sorted(levels) if q < 0.5 and round(1 - q, 9) in present]
+
+
+def unpaired(levels) -> list[float]:
+    """Levels that belong to no central band (the median, an asymmetric level)."""
+    paired = {round(q, 9) for band in pairs(levels) for q in band}
+    return [q for q in levels if round(q, 9) not in paired]
+
+
+def spread(last, sigma, step):
+    """The unit of the scores: a forecast's recent spread at ``step``, ``last x max(sigma, floor) x sqrt(step)``."""
+    return np.asarray(last, float) * np.maximum(np.asarray(sigma, float), SIGMA_FLOOR) * np.sqrt(step)
+
+
+def _units(group: pd.DataFrame) -> np.ndarray:
+    """Backtest rows' spreads (their ``hv_sd`` is ``last x sigma x sqrt(step)``)."""
+    last, step = group["last"].to_numpy(float), group["step"].to_numpy(float)
+    return spread(last, group["hv_sd"].to_numpy(float) / (last * np.sqrt(step)), step)
+
+
+def band_offset(group: pd.DataFrame, low: float, high: float) -> float | None:
+    """The widening of the band (low, high) that gives it coverage ``high - low`` (conformalized quantile
+    regression): the ``ceil((n+1)(high - low))``-th smallest of ``max(q_low - y, y - q_high) / spread``;
+    None when n is too small for it."""
+    scores = np.maximum(group[f"q{low:g}"] - group["actual"], group["actual"] - group[f"q{high:g}"]) / _units(group)
+    scores = np.sort(scores.to_numpy(float)[np.isfinite(scores.to_numpy(float))])
+    k = math.ceil((len(scores) + 1) * (high - low))
+    return float(scores[k - 1]) if 1 <= k <= len(scores) else None
 
 
 def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
@@ -86,7 +122,7 @@ class Calibration:
             "format": FORMAT,
             "model": self.model,
             "interval": self.interval,
-            "method": "split-conformal per level and step on residuals / last close; isotonic P(up)",
+            "method": "split-conformal per band and step (CQR) on scores / recent spread; isotonic P(up)",
             "levels": self.levels,
             "steps": self.steps,
             "shifts": self.shifts,
@@ -107,12 +143,13 @@ class Calibration:
     def scope_of(self, symbol: str) -> str:
         return symbol if symbol in self.shifts else "*"
 
-    def quantile(self, symbol: str, level: float, step: int, raw: float, last: float) -> float:
-        """A raw quantile forecast made calibrated (raw where this level or step has no shift)."""
+    def quantile(self, symbol: str, level: float, step: int, raw: float, unit: float) -> float:
+        """A raw quantile forecast made calibrated, ``unit`` being its spread (``spread``); raw where this
+        level or step has no shift."""
         shifts = self.shifts[self.scope_of(symbol)].get(f"{level:g}")
         if shifts is None or step > len(shifts) or shifts[step - 1] is None:
             return raw
-        return raw + shifts[step - 1] * last
+        return raw + shifts[step - 1] * unit
 
     def prob_up(self, raw: float) -> float:
         if not self.probability:
@@ -133,15 +170,18 @@ def fit(rows: pd.DataFrame, levels: list[float], model: str, interval: str) -> C
     for scope, part in scopes.items():
         counts[scope] = int(part[["symbol", "origin_ts"]].drop_duplicates().shape[0])
         by_step = {int(step): group for step, group in part.groupby("step")}
-        shifts[scope] = {
-            f"{level:g}": [
-                conformal_offset(((g["actual"] - g[f"q{level:g}"]) / g["last"]).to_numpy(float), level)
-                if (g := by_step.get(step)) is not None
-                else None
-                for step in range(1, steps + 1)
-            ]
-            for level in levels
-        }
+        shifts[scope] = {f"{level:g}": [None] * steps for level in levels}
+        for step in range(1, steps + 1):
+            group = by_step.get(step)
+            if group is None:
+                continue
+            for low, high in pairs(levels):
+                offset = band_offset(group, low, high)
+                shifts[scope][f"{low:g}"][step - 1] = None if offset is None else -offset
+                shifts[scope][f"{high:g}"][step - 1] = offset
+            for level in unpaired(levels):
+                residuals = ((group["actual"] - group[f"q{level:g}"]) / _units(group)).to_numpy(float)
+                shifts[scope][f"{level:g}"][step - 1] = conformal_offset(residuals, level)
     probability = None
     if len(rows) >= MIN_PROBABILITY_POINTS:
         outcome = (rows["actual"] > rows["last"]).to_numpy(float)
@@ -162,12 +202,13 @@ def fit(rows: pd.DataFrame, levels: list[float], model: str, interval: str) -> C
 def apply(rows: pd.DataFrame, calibration: Calibration) -> pd.DataFrame:
     """Backtest-shaped rows with calibrated ``q<level>`` and ``p_up`` (raw kept as ``raw_q<level>``, ``raw_p_up``)."""
     out = rows.copy()
+    units = _units(rows)
     for level in calibration.levels:
         column = f"q{level:g}"
         out[f"raw_{column}"] = rows[column]
         out[column] = [
-            calibration.quantile(s, level, int(h), raw, last)
-            for s, h, raw, last in zip(rows["symbol"], rows["step"], rows[column], rows["last"])
+            calibration.quantile(s, level, int(h), raw, unit)
+            for s, h, raw, unit in zip(rows["symbol"], rows["step"], rows[column], units)
         ]
     # Calibrated levels of a row stay in order (sorting them keeps each band's guarantee).
     columns = [f"q{level:g}" for level in sorted(calibration.levels)]
@@ -232,7 +273,8 @@ def annotate(rows: list[dict], close: np.ndarray, calibration: Calibration | Non
 
     last = float(close[-1])
     steps = max(r["step"] for r in rows)
-    band = metrics.histvol_band(last, metrics.histvol_sigma(close), steps, levels)
+    sigma = metrics.histvol_sigma(close)
+    band = metrics.histvol_band(last, sigma, steps, levels)
     for row in rows:
         row["calibrated_quantiles"] = row["calibrated_prob_above_last"] = row["baseline_quantiles"] = None
         if row["feature"] != "close":
@@ -241,7 +283,8 @@ def annotate(rows: list[dict], close: np.ndarray, calibration: Calibration | Non
         row["baseline_quantiles"] = {f"{q:g}": float(band[q][step - 1]) for q in levels}
         if calibration is not None:
             symbol = row["symbol"]
-            shifted = sorted(calibration.quantile(symbol, q, step, row["quantiles"][f"{q:g}"], last) for q in levels)
+            unit = float(spread(last, sigma, step))
+            shifted = sorted(calibration.quantile(symbol, q, step, row["quantiles"][f"{q:g}"], unit) for q in levels)
             row["calibrated_quantiles"] = {f"{q:g}": float(v) for q, v in zip(sorted(levels), shifted)}
             row["calibrated_prob_above_last"] = calibration.prob_up(row["prob_above_last"])
     return rows
