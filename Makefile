@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test stack-test demo ui screenshots mutation bench lint constraints clean
+.PHONY: install test test-order stack-test demo ui screenshots mutation bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ install: $(STAMP)
 test: install
 	$(BIN)/ruff check kronos_tasks dags tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Order independence: every test file alone, then the whole suite in a shuffled order (SEED=N to repeat one).
+SEED ?= $(shell date +%s)
+test-order: install
+	for file in tests/test_*.py; do $(BIN)/python -m pytest -q -p no:cacheprovider $$file || exit 1; done
+	$(BIN)/python -m pytest -q -p no:cacheprovider --shuffle $(SEED)
 
 # The compose stack for real (Docker, else podman installed from Debian's packages); also part of `make test`.
 stack-test: install

@@ -2,7 +2,8 @@
 
     python docs/mutation_report.py mutation-results.txt
 
-Killed and timed-out mutants count as caught; "no tests" and survivors as not; skipped ones are left out.
+Killed and timed-out mutants count as caught; "no tests" and survivors as not; skipped mutants and those a
+stopped run had not reached ("not checked") are left out of the rate and counted apart.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def main(path: str) -> int:
         per_module[module][status] += 1
         if status in ("survived", "no tests"):
             survivors.append(line.strip())
-    print(f"{'module':<45} {'mutants':>8} {'caught':>8} {'kill rate':>10}")
+    print(f"{'module':<45} {'mutants':>8} {'caught':>8} {'kill rate':>10} {'not checked':>12}")
     for module, counts in sorted(per_module.items()):
-        total = sum(n for s, n in counts.items() if s != "skipped")
+        total = sum(n for s, n in counts.items() if s not in ("skipped", "not checked"))
         caught = sum(counts[s] for s in CAUGHT)
-        print(f"{module:<45} {total:>8} {caught:>8} {caught / total if total else 0:>10.1%}")
+        rate = f"{caught / total:.1%}" if total else "-"
+        print(f"{module:<45} {total:>8} {caught:>8} {rate:>10} {counts['not checked']:>12}")
     print(f"\n{len(survivors)} mutant(s) not caught (`mutmut show NAME` shows one):")
     for line in survivors:
         print(f"  {line}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,35 @@ from kronos_tasks.model.presets import random_model, random_tokenizer
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "kronos_tasks" / "sample_data"
 FEATURES = ["open", "high", "low", "close", "volume", "amount"]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shuffle",
+        type=int,
+        metavar="SEED",
+        help="run the test files in a shuffled order and each file's tests shuffled (the seed is printed)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """With --shuffle SEED: a random order of files, and of tests within each file (module fixtures stay
+    set up once per file). Proves no test depends on another having run first."""
+    seed = config.getoption("--shuffle")
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    files = list(by_file)
+    rng.shuffle(files)
+    items[:] = [item for name in files for item in rng.sample(by_file[name], len(by_file[name]))]
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle")
+    return None if seed is None else f"shuffled with --shuffle {seed}"
 
 
 @pytest.fixture(scope="session")

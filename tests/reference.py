@@ -263,6 +263,17 @@ def nucleus(probabilities: list[float], top_k: int, top_p: float) -> list[int]:
     return kept
 
 
+def inverse_cdf(probabilities: list[float], u: float) -> int:
+    """The first token whose running mass reaches u times the total mass."""
+    total = sum(probabilities)
+    running = 0.0
+    for index, p in enumerate(probabilities):
+        running += p
+        if running >= u * total:
+            return index
+    return len(probabilities) - 1
+
+
 def zscores(column: list[float], clip: float) -> list[float]:
     """One feature's z-scores as inference computes them: population mean and standard deviation, 1e-5
     added to the deviation, clipped to [-clip, clip]."""

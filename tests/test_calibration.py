@@ -11,6 +11,8 @@ import pytest
 
 from kronos_tasks.evaluation.calibration import (
     MIN_PROBABILITY_POINTS,
+    Calibration,
+    annotate,
     apply,
     conformal_offset,
     fit,
@@ -144,3 +146,63 @@ def test_the_holdout_fit_reads_nothing_after_its_cut():
         <= report["calibrated"]["coverage"]
         <= report["calibrated"]["coverage_high"]
     )
+
+
+def _forecast_rows(symbol: str, raw: dict[str, float], p_up: float) -> list[dict]:
+    rows = []
+    for step in (1, 2):
+        for feature in ("close", "volume"):
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "feature": feature,
+                    "step": step,
+                    "prob_above_last": p_up,
+                    "quantiles": {k: v * step for k, v in raw.items()},
+                }
+            )
+    return rows
+
+
+def test_daily_rows_get_baseline_and_calibrated_bands_on_close_only():
+    close = np.exp(np.cumsum(np.r_[0.0, np.tile([0.01, -0.01], 15)])) * 100
+    sigma = float(np.std(np.diff(np.log(close[-21:])), ddof=1))
+    calibration = Calibration(
+        model="m/1",
+        interval="1d",
+        levels=LEVELS,
+        steps=2,
+        shifts={
+            "*": {"0.1": [-0.5, None], "0.5": [0.25, 0.0], "0.9": [0.5, 1.0]},
+            "A": {"0.1": [-2.0, -2.0], "0.5": [0.0, 0.0], "0.9": [2.0, 2.0]},
+        },
+        counts={"*": 60, "A": 40},
+        probability={"x": [0.2, 0.8], "y": [0.4, 0.6]},
+    )
+    assert Calibration.from_dict(calibration.describe()) == calibration
+    raw = {"0.1": 90.0, "0.5": 100.0, "0.9": 110.0}
+    last = float(close[-1])
+
+    plain = annotate(_forecast_rows("B", raw, 0.5), close, None, LEVELS)
+    for row in plain:
+        assert row["calibrated_quantiles"] is None and row["calibrated_prob_above_last"] is None
+        if row["feature"] == "volume":
+            assert row["baseline_quantiles"] is None
+        else:
+            z = 1.2815515655446004 * last * sigma * math.sqrt(row["step"])
+            assert row["baseline_quantiles"] == pytest.approx({"0.1": last - z, "0.5": last, "0.9": last + z})
+
+    pooled, own = (annotate(_forecast_rows(s, raw, 0.5), close, calibration, LEVELS) for s in ("B", "A"))
+    close_rows = [r for r in pooled if r["feature"] == "close"]
+    unit1, unit2 = last * sigma, last * sigma * math.sqrt(2)
+    assert close_rows[0]["calibrated_quantiles"] == pytest.approx(
+        {"0.1": 90 - 0.5 * unit1, "0.5": 100 + 0.25 * unit1, "0.9": 110 + 0.5 * unit1}
+    )
+    assert close_rows[1]["calibrated_quantiles"] == pytest.approx(
+        {"0.1": 180.0, "0.5": 200.0, "0.9": 220 + unit2}  # no shift at step 2 for 0.1: raw
+    )
+    assert close_rows[0]["calibrated_prob_above_last"] == pytest.approx(0.5)  # halfway along the map
+    assert [r for r in own if r["feature"] == "close"][0]["calibrated_quantiles"] == pytest.approx(
+        {"0.1": 90 - 2 * unit1, "0.5": 100.0, "0.9": 110 + 2 * unit1}  # its own shifts, not the pooled ones
+    )
+    assert all(r["calibrated_quantiles"] is None for r in pooled + own if r["feature"] == "volume")

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import SAMPLE_DATA
 from kronos_tasks.data import DataError, Interval, exchange_timezone, future_timestamps, read_series, validate
-from kronos_tasks.data.validation import check_policies
+from kronos_tasks.data.schema import SYMBOL_MAX
+from kronos_tasks.data.validation import RULES, Finding, Report, check_policies
 
 BARS = pd.DataFrame(
     {
@@ -200,3 +201,118 @@ def test_unknown_exchange_says_what_to_use():
     with pytest.raises(DataError, match="unknown exchange 'MOON'.*XNYS"):
         exchange_timezone("MOON")
     assert exchange_timezone("xshg") == "Asia/Shanghai"
+
+
+def frame_of(times, **columns) -> pd.DataFrame:
+    """Bars at ``times`` (UTC) with rows numbered from 1 and plain valid prices unless given."""
+    n = len(times)
+    values = {"open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 100.0, "amount": 1000.0}
+    values.update(columns)
+    frame = pd.DataFrame({k: v if isinstance(v, list) else [v] * n for k, v in values.items()})
+    frame.insert(0, "ts", pd.to_datetime(times, utc=True))
+    frame["row"] = range(1, n + 1)
+    return frame
+
+
+def test_findings_and_reports_read_as_documented():
+    stamp = pd.Timestamp("2024-03-04 14:30", tz="UTC")
+    assert str(Finding("AAPL", 7, stamp, "off_grid", "warn")) == (
+        f"AAPL row 7 (2024-03-04 14:30:00+00:00): {RULES['off_grid']} [off_grid] -> warn"
+    )
+    assert str(Finding("AAPL", 3, None, "bad_timestamp", "reject_bar")).startswith("AAPL row 3: ")
+    assert str(Finding("AAPL", 3, pd.NaT, "bad_timestamp", "reject_bar")).startswith("AAPL row 3: ")
+
+    day = Interval.parse("1d")
+    _, first = validate("A", frame_of(["2024-01-02", "2024-01-03"], volume=[100.0, -1.0]), day)
+    _, second = validate("B", frame_of(["2024-01-02", "2024-01-03", "2024-01-04"], low=[9.0, 0.0, 9.0]), day)
+    second.notes["B"] = ["resumed from 2024-01-02"]
+    first.merge(second)
+    first.merge(Report(notes={"B": ["one more"]}))
+    assert first.bars_in == {"A": 2, "B": 3} and first.bars_kept == {"A": 1, "B": 2}
+    assert [f.symbol for f in first.findings] == ["A", "B"]
+    lines = first.render(max_findings=1).splitlines()
+    assert lines[0] == "2 symbol(s), 5 bars read, 3 kept, 0 symbol(s) rejected"
+    assert f"  non_positive_price: 1 ({RULES['non_positive_price']})" in lines
+    assert lines[-4:] == [
+        "  note B: resumed from 2024-01-02",
+        "  note B: one more",
+        f"  {first.findings[0]}",
+        "  ... 1 more finding(s)",
+    ]
+    assert "more finding" not in first.render(max_findings=2)
+
+
+def test_symbol_names_up_to_the_stored_length_pass():
+    day = Interval.parse("1d")
+    kept, report = validate("S" * SYMBOL_MAX, frame_of(["2024-01-02"]), day)
+    assert len(kept) == 1 and report.rejected_symbols == {}
+    kept, report = validate("S" * (SYMBOL_MAX + 1), frame_of(["2024-01-02"]), day)
+    assert kept.empty and list(kept.columns) == list(frame_of(["2024-01-02"]).columns)
+    assert report.rejected_symbols == {
+        "S" * (SYMBOL_MAX + 1): f"the symbol is {SYMBOL_MAX + 1} characters long; "
+        f"the database holds at most {SYMBOL_MAX}: use a shorter name"
+    }
+    assert report.bars_kept["S" * (SYMBOL_MAX + 1)] == 0
+
+
+def test_each_price_and_volume_rule_on_its_own_column():
+    day = Interval.parse("1d")
+    times = [f"2024-01-{d:02d}" for d in range(2, 8)]
+    frame = frame_of(
+        times,
+        open=[10.0, 0.0, 10.0, 10.0, 10.0, 10.0],
+        amount=[1.0, 1.0, -1.0, 1.0, 1.0, 1.0],
+        high=[11.0, 11.0, 11.0, 10.2, 11.0, 11.0],
+        low=[9.0, 0.0, 9.0, 9.0, 10.6, 9.0],
+    )
+    kept, report = validate("X", frame, day)
+    assert sorted((f.row, f.rule) for f in report.findings) == [
+        (2, "non_positive_price"),
+        (3, "negative_volume"),
+        (4, "high_below_open_close"),
+        (5, "low_above_open_close"),
+    ]
+    assert kept["row"].tolist() == [1, 6] and kept.index.tolist() == [0, 1]
+    kept, report = validate("X", frame.iloc[1:2], day)
+    assert kept.empty and report.rejected_symbols == {"X": "no bar passed validation"} and report.bars_kept["X"] == 0
+
+
+def test_warned_bars_out_of_order_are_kept_sorted_by_time():
+    frame = frame_of(["2024-01-03", "2024-01-02", "2024-01-04"])
+    kept, report = validate("X", frame, Interval.parse("1d"), policies={"decreasing_timestamp": "warn"})
+    assert kept["row"].tolist() == [2, 1, 3] and kept.index.tolist() == [0, 1, 2]
+    assert [(f.row, f.rule, f.action) for f in report.findings] == [(2, "decreasing_timestamp", "warn")]
+
+
+def test_a_bar_far_from_every_other_is_isolated_and_not_also_out_of_order():
+    day = Interval.parse("1d")
+    regular = [f"2024-01-{d:02d}" for d in range(2, 12)]
+    kept, report = validate("X", frame_of(["2019-06-03", *regular]), day)  # 4.5 years before the rest
+    assert [(f.row, f.rule) for f in report.findings] == [(1, "isolated_timestamp")] and len(kept) == 10
+    kept, report = validate("X", frame_of([*regular, "2010-06-03"]), day)  # last in the file, earliest in time
+    assert [(f.row, f.rule) for f in report.findings] == [(11, "isolated_timestamp")]
+    kept, report = validate("X", frame_of(["2023-03-01", *regular]), day)  # 307 days: a gap, not an outlier
+    assert report.findings == [] and len(kept) == 11
+    _, report = validate("X", frame_of(["2019-06-03", *regular]), day, policies={"isolated_timestamp": "warn"})
+    assert [(f.rule, f.action) for f in report.findings] == [("isolated_timestamp", "warn")]
+    _, report = validate("X", frame_of(["2015-01-02", "2024-01-02"]), day)  # two bars: nothing to compare with
+    assert report.findings == []
+    minutes = pd.date_range("2024-01-02 14:30", periods=20, freq="1min", tz="UTC").tolist()
+    late = pd.Timestamp("2025-02-10 14:30", tz="UTC")  # 1.1 years on: over a year, though not 1,000 steps
+    _, report = validate("X", frame_of([*minutes, late]), Interval.parse("1min"))
+    assert [(f.row, f.rule) for f in report.findings] == [(21, "isolated_timestamp")]
+
+
+def test_the_grid_is_read_in_the_exchange_time_zone():
+    hours = pd.date_range("2024-03-04 04:30", periods=5, freq="1h", tz="UTC")  # 10:00 ... 14:00 in Kolkata
+    _, report = validate("X", frame_of(list(hours)), Interval.parse("1h"), timezone="Asia/Kolkata")
+    assert report.findings == []
+    _, report = validate("X", frame_of(list(hours)), Interval.parse("1h"))
+    assert {f.rule for f in report.findings} == {"off_grid"} and len(report.findings) == 5
+    quarter = [*pd.date_range("2024-03-04 14:30", periods=4, freq="15min", tz="UTC"), "2024-03-04 15:37:30"]
+    _, report = validate(
+        "X",
+        frame_of([pd.Timestamp(t, tz="UTC") if isinstance(t, str) else t for t in quarter]),
+        Interval.parse("15min"),
+    )
+    assert [(f.row, f.rule) for f in report.findings] == [(5, "off_grid")]

@@ -64,3 +64,94 @@ def test_baselines():
     assert metrics.seasonal_naive(history, 3, period=2).tolist() == [4.0, 7.0, 4.0]
     with pytest.raises(ValueError, match="one period"):
         metrics.seasonal_naive(history, 3, period=5)
+
+
+def test_historical_volatility_reads_the_last_window_of_log_returns():
+    closes = np.exp(np.cumsum([0.0, 0.01, -0.02, 0.03, 0.5, -0.01, 0.02, 0.0]))  # log returns after the first
+    returns = [0.01, -0.02, 0.03, 0.5, -0.01, 0.02, 0.0]
+    last_four = returns[-4:]
+    mean = sum(last_four) / 4
+    want = math.sqrt(sum((r - mean) ** 2 for r in last_four) / 3)  # sample deviation, n - 1
+    assert metrics.histvol_sigma(closes, window=4) == pytest.approx(want, rel=1e-9)
+    assert metrics.histvol_sigma(closes) == pytest.approx(np.std(returns, ddof=1), rel=1e-9)  # all 7 < 20
+    with_gap = closes.copy()
+    with_gap[2] = 0.0  # no log return to or from a zero close: both are dropped, the other five count
+    kept = [0.01, 0.5, -0.01, 0.02, 0.0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = metrics.histvol_sigma(with_gap)
+    assert sigma == pytest.approx(np.std(kept, ddof=1), rel=1e-9)
+    assert metrics.histvol_sigma([5.0, 5.1]) == 0.0  # one return has no spread
+
+
+def test_historical_volatility_band_widens_with_the_square_root_of_the_step():
+    band = metrics.histvol_band(100.0, 0.02, 4, [0.1, 0.5, 0.9])
+    z90 = 1.2815515655446004  # the standard normal's 90% quantile
+    assert band[0.5].tolist() == [100.0] * 4
+    assert band[0.9] == pytest.approx([100 + z90 * 2 * math.sqrt(s) for s in (1, 2, 3, 4)], rel=1e-12)
+    assert band[0.1] == pytest.approx([100 - z90 * 2 * math.sqrt(s) for s in (1, 2, 3, 4)], rel=1e-12)
+
+
+def test_scores_refuse_missing_values_and_read_integers_as_numbers():
+    with pytest.raises(ValueError, match="need finite values; drop missing bars"):
+        metrics.mae([1.0, float("nan")], [1.0, 2.0])
+    assert metrics.mape([1, 3], [2, 4]) == pytest.approx(37.5)  # integer inputs: no integer division
+    assert math.isnan(metrics.mape([1.0, 2.0], [0.0, 0.0]))  # no non-zero actual: undefined, not 0
+
+
+def test_skill_against_a_perfect_baseline():
+    assert metrics.skill(0.0, 0.0) == 0.0  # both perfect: a tie
+    assert metrics.skill(0.5, 0.0) == float("-inf")  # any error loses to a perfect baseline
+    assert metrics.skill(1.0, 4.0) == 0.75
+
+
+def test_wilson_interval_at_the_edges():
+    empty = metrics.wilson(0, 0)
+    assert empty.count == 0 and all(math.isnan(v) for v in (empty.value, empty.low, empty.high))
+    one = metrics.wilson(1, 1)
+    assert one.value == 1.0 and one.high == 1.0 and one.low == pytest.approx(0.2065, abs=1e-4) and one.count == 1
+    none = metrics.wilson(0, 1)
+    assert none.low == 0.0 and none.high == pytest.approx(0.7935, abs=1e-4)
+
+
+def test_a_flat_forecast_counts_as_not_up():
+    hit = metrics.direction_accuracy([10.0, 10.0], [9.0, 11.0], [10.0, 10.0])  # down matches flat, up does not
+    assert (hit.value, hit.count) == (0.5, 2)
+
+
+def test_crps_of_sample_paths_equals_the_pairwise_definition():
+    rng = np.random.default_rng(5)
+    samples, actual = rng.normal(size=(6, 3)), rng.normal(size=3)
+    want = np.mean(
+        [
+            sum(abs(x - actual[t]) for x in samples[:, t]) / 6
+            - 0.5 * sum(abs(x - y) for x in samples[:, t] for y in samples[:, t]) / 36
+            for t in range(3)
+        ]
+    )
+    assert metrics.crps_samples(samples, actual) == pytest.approx(want, rel=1e-12)
+
+
+def test_coverage_includes_both_ends_of_the_band():
+    assert metrics.coverage([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [1.0, 2.0, 2.5]) == pytest.approx(2 / 3)
+
+
+def test_reliability_bins_are_labelled_and_empty_bins_have_no_rates():
+    table = metrics.reliability([0.05, 0.95], [0.0, 1.0], bins=4)
+    assert [(b["bin_low"], b["bin_high"]) for b in table] == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    assert math.isnan(table[1]["mean_forecast"]) and math.isnan(table[1]["observed"]) and table[1]["count"] == 0
+
+
+def test_json_safe_replaces_non_finite_numbers_at_any_depth():
+    value = {"a": [1.5, float("nan"), (np.float32(2.0), np.int64(3))], "b": float("inf"), "c": "x"}
+    assert metrics.json_safe(value) == {"a": [1.5, None, [2.0, 3]], "b": None, "c": "x"}
+    assert type(metrics.json_safe(np.int64(3))) is int
+
+
+def test_baselines_at_their_edges():
+    assert metrics.drift([5.0], 2).tolist() == [5.0, 5.0]  # one bar: no slope
+    assert metrics.drift([1.0, 3.0], 1).tolist() == [5.0]  # two bars: one step of 2
+    assert metrics.seasonal_naive([1.0, 2.0, 3.0], 4, period=1).tolist() == [3.0] * 4
+    assert metrics.seasonal_naive([1.0, 2.0, 3.0, 4.0], 3, period=2).tolist() == [3.0, 4.0, 3.0]
+    assert metrics.seasonal_naive([1.0, 2.0], 2, period=2).tolist() == [1.0, 2.0]  # exactly one period
+    with pytest.raises(ValueError, match="at least one period"):
+        metrics.seasonal_naive([1.0], 2, period=0)

@@ -234,3 +234,32 @@ def test_predictor_refuses_a_mismatched_pair(tiny_pair32):
 def test_predictor_uses_the_cached_path_by_default(tiny_pair32):
     tokenizer, model = tiny_pair32
     assert KronosPredictor(model, tokenizer, device="cpu").method == "cached"
+
+
+def test_seeds_span_zero_to_the_largest_int64_and_nothing_outside():
+    from kronos_tasks.inference.params import MAX_SEED
+    from kronos_tasks.inference.predictor import _series_seeds
+
+    assert _series_seeds(0, 1) == [0] and _series_seeds(MAX_SEED, 1) == [MAX_SEED]
+    assert _series_seeds(7, 3) == [derive_seed(7, i) for i in range(3)]
+    assert _series_seeds([0, MAX_SEED], 2) == [0, MAX_SEED]
+    for bad in (-1, MAX_SEED + 1):
+        with pytest.raises(InputError, match="seed"):
+            _series_seeds(bad, 1)
+        with pytest.raises(InputError, match=r"seed\[1\]"):
+            _series_seeds([5, bad], 2)
+    with pytest.raises(InputError, match="got 1 seeds for 2 series"):
+        _series_seeds([5], 2)
+    drawn = set()
+    for manual in range(40):  # unseeded: drawn from torch's generator over the whole non-negative range
+        torch.manual_seed(manual)
+        drawn.add(_series_seeds(None, 1)[0])
+    assert len(drawn) == 40 and max(drawn) > 2**61 and min(drawn) >= 0
+
+
+def test_predict_refuses_a_seed_per_series(tiny_pair32, a_share):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=64)
+    x, x_ts, y_ts = window(a_share, 0, 40, 4)
+    with pytest.raises(InputError, match="predict takes one int seed; predict_batch takes one per series"):
+        predictor.predict(x, x_ts, y_ts, 4, seed=[1])

@@ -1,16 +1,20 @@
 """The shared primitives against independent references written from their definitions (tests/reference.py),
 at the boundaries where an off-by-one hides: the random stream, top-k ties, the top-p threshold exactly
-reached, both clip bounds, flat columns and calendar features."""
+reached, both clip bounds, flat columns, calendar features and the audit hashes' byte layout."""
 
 from __future__ import annotations
+
+import hashlib
+import struct
 
 import numpy as np
 import pandas as pd
 import torch
 
 import reference
+from kronos_tasks.hashing import combine, frame_sha256, sha256_file
 from kronos_tasks.inference.features import normalise, time_features
-from kronos_tasks.inference.sampling import filter_logits, stream_keys, uniforms
+from kronos_tasks.inference.sampling import SamplingParams, filter_logits, sample_from_logits, stream_keys, uniforms
 
 
 def test_every_draw_equals_the_reference_stream():
@@ -55,3 +59,72 @@ def test_normalisation_clips_at_both_bounds_and_keeps_flat_columns_finite():
 def test_time_features_are_the_wall_clock_calendar_fields():
     stamps = pd.Series(pd.to_datetime(["2024-02-29 23:59", "2024-03-04 09:30", "2025-12-31 00:05"]))
     assert time_features(stamps).tolist() == [reference.calendar_features(s) for s in stamps]
+
+
+def test_filtering_acts_on_the_last_dimension_of_batched_logits():
+    # [batch, steps, vocab] with fewer steps than top_k: the vocabulary is the last dimension, always
+    logits = torch.randn(3, 2, 16, generator=torch.Generator().manual_seed(1))
+    for top_k, top_p in ((4, 1.0), (0, 0.6), (5, 0.7)):
+        batched = filter_logits(logits, top_k, top_p)
+        rows = torch.stack([filter_logits(row, top_k, top_p) for row in logits.reshape(6, 1, 16)])
+        assert torch.equal(batched, rows.reshape(3, 2, 16)), (top_k, top_p)
+        probabilities = torch.softmax(logits.reshape(6, 16), -1).tolist()
+        assert [torch.isfinite(r).nonzero().flatten().tolist() for r in batched.reshape(6, 16)] == [
+            reference.nucleus(p, top_k, top_p) for p in probabilities
+        ]
+
+
+def test_top_p_breaks_ties_by_token_index():
+    # 4,000 equal logits: which half stays is decided by the tie rule alone (the lowest indices first)
+    flat = torch.zeros(1, 4000)
+    kept = torch.isfinite(filter_logits(flat, 0, 0.5)[0]).nonzero().flatten()
+    assert 1999 <= len(kept) <= 2002
+    assert torch.equal(kept, torch.arange(len(kept)))
+
+
+def test_a_row_of_non_finite_logits_draws_a_token_in_range_and_leaves_the_others_alone():
+    logits = torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    u = torch.tensor([0.3, 0.5, 0.9])
+    clean = sample_from_logits(logits, SamplingParams(T=1.0, top_k=0, top_p=1.0), u)
+    logits[1] = float("nan")
+    tokens = sample_from_logits(logits, SamplingParams(T=1.0, top_k=0, top_p=1.0), u)
+    assert 0 <= tokens[1] < 8  # an index the embedding can take; the forecast's non-finite check names it
+    assert tokens[0] == clean[0] and tokens[2] == clean[2]
+
+
+def test_sampling_inverts_the_cdf_in_the_logits_precision():
+    logits = torch.randn(64, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    u = uniforms(stream_keys(torch.arange(64), torch.zeros(64, dtype=torch.int64)), 1, torch.float32)[:, 0, 0]
+    tokens = sample_from_logits(logits, SamplingParams(T=0.8, top_k=0, top_p=1.0), u)
+    for row, draw, token in zip(torch.softmax(logits / 0.8, -1).tolist(), u.tolist(), tokens.tolist()):
+        assert token == reference.inverse_cdf(row, draw)
+
+
+def test_the_largest_draw_never_picks_a_filtered_token():
+    # float32 sums of probabilities fall short of 1; the draw is scaled by the total so the last kept
+    # token, not the filtered tail, takes the top of the range
+    logits = torch.randn(2048, 64, generator=torch.Generator().manual_seed(4))
+    logits[:, -8:] = -30.0  # the tail that top-k removes
+    top = torch.full((2048,), 1 - 2**-25)
+    tokens = sample_from_logits(logits, SamplingParams(T=1.0, top_k=56, top_p=1.0), top)
+    assert (tokens < 56).all()
+
+
+def test_content_hashes_follow_their_documented_layout(tmp_path):
+    payload = bytes(range(256)) * 5000  # 1.28 MB: more than one read chunk
+    (tmp_path / "weights.bin").write_bytes(payload)
+    assert sha256_file(tmp_path / "weights.bin", chunk=1000) == hashlib.sha256(payload).hexdigest()
+    frame = pd.DataFrame(
+        {
+            "timestamps": pd.to_datetime(["2024-01-02 15:00", "2024-01-03 15:00"]).tz_localize("America/New_York"),
+            "close": np.array([1.5, 2.25], dtype=np.float32),
+        }
+    )
+    want = hashlib.sha256(
+        b"timestamps"
+        + struct.pack("<2q", *[int(t.value) for t in frame["timestamps"].dt.tz_convert("UTC")])
+        + b"close"
+        + struct.pack("<2d", 1.5, 2.25)
+    ).hexdigest()
+    assert frame_sha256(frame, ["timestamps", "close"]) == want
+    assert combine({"b": "2", "a": "1"}) == hashlib.sha256(b"a=1\nb=2\n").hexdigest()

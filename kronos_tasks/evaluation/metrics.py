@@ -82,8 +82,10 @@ def pinball(quantiles: dict[float, np.ndarray], actual) -> float:
 def crps_samples(samples, actual) -> float:
     """CRPS from sample paths ``samples`` [S, ...] against ``actual`` [...]: E|X - y| - E|X - X'| / 2, averaged."""
     samples, actual = _arrays(samples, actual)
-    spread = np.mean(np.abs(samples[:, None] - samples[None, :]), axis=(0, 1))
-    return float(np.mean(np.mean(np.abs(samples - actual[None]), axis=0) - 0.5 * spread))
+    # Both terms are means over every target, so they are averaged over everything at once.
+    accuracy = np.mean(np.abs(samples - actual[None]))
+    spread = np.mean(np.abs(samples[:, None] - samples[None, :]))
+    return float(accuracy - 0.5 * spread)
 
 
 def coverage(low, high, actual) -> float:
