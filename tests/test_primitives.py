@@ -128,3 +128,19 @@ def test_content_hashes_follow_their_documented_layout(tmp_path):
     ).hexdigest()
     assert frame_sha256(frame, ["timestamps", "close"]) == want
     assert combine({"b": "2", "a": "1"}) == hashlib.sha256(b"a=1\nb=2\n").hexdigest()
+
+
+def test_normalisation_falls_back_to_float64_where_float32_overflows():
+    rng = np.random.default_rng(6)
+    values = rng.normal(1.0, 0.1, (50, 6))
+    values[:, 4] *= 3e37  # volumes whose squares pass float32's range
+    values[:, 0] += 2.0
+    values[10, 4] = 3e39  # a spike beyond float32 altogether: clipped at the upper bound
+    values[20, 4] = -3e39  # and one below: the lower bound
+    got, mean, std = normalise(values, 3.0)
+    want = np.array([reference.zscores(list(values[:, j]), 3.0) for j in range(6)]).T
+    assert got.dtype == np.float32 and mean.dtype == np.float64 and std.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-12)
+    assert got[10, 4] == 3.0 and got[20, 4] == -3.0

@@ -102,7 +102,10 @@ def test_published_ports_refuse_anonymous_calls_and_accept_the_public_name(stack
     assert http("POST", f"{airflow}/auth/token", {"username": "admin", "password": "wrong"}) in (401, 403)
 
 
-def test_a_pair_registered_from_outside_forecasts_through_the_celery_worker(stack):
+@pytest.fixture(scope="module")
+def forecast_through_the_stack(stack):
+    """A pair registered from outside the stack (the CLI against the authenticating MLflow server) and one
+    daily run triggered through Airflow's REST API and done by the Celery worker -> the client's env."""
     running, values, root = stack
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "MLFLOW_"))}
     env.update(
@@ -152,7 +155,12 @@ def test_a_pair_registered_from_outside_forecasts_through_the_celery_worker(stac
         )
         time.sleep(5)
     assert state == "success", "\n".join(running.logs(s, 120) for s in ("airflow-scheduler", "airflow-worker"))
+    return env
 
+
+def test_a_pair_registered_from_outside_forecasts_through_the_celery_worker(stack, forecast_through_the_stack):
+    _, values, _ = stack
+    env = forecast_through_the_stack
     from mlflow import MlflowClient
     from sqlalchemy import create_engine, text
 
@@ -177,7 +185,7 @@ def test_a_pair_registered_from_outside_forecasts_through_the_celery_worker(stac
     assert {"forecasts.csv", "fan_chart.png"} <= listed  # stored by the server, not in a worker's own folder
 
 
-def test_the_data_survives_a_restart_of_the_stack(stack):
+def test_the_data_survives_a_restart_of_the_stack(stack, forecast_through_the_stack):
     running, values, _ = stack
     running.compose("down", "--timeout", "20", timeout=600)  # containers go, volumes stay
     start(running)

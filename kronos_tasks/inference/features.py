@@ -82,8 +82,8 @@ def normalise(values: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, 
     squares pass 3e38), the statistics and z-scores are computed in float64 instead, and mean and std
     stay float64 so that denormalised forecasts are finite too.
     """
-    x = values.astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
+        x = values.astype(np.float32)
         mean, std = np.mean(x, axis=0), np.std(x, axis=0)
         normalised = np.clip((x - mean) / (std + NORM_EPS), -clip, clip)
     if np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite(normalised).all():
