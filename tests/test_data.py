@@ -316,3 +316,62 @@ def test_the_grid_is_read_in_the_exchange_time_zone():
         Interval.parse("15min"),
     )
     assert [(f.row, f.rule) for f in report.findings] == [(5, "off_grid")]
+
+
+def test_small_prices_zero_volume_and_zero_amount_are_valid_bars():
+    day = Interval.parse("1d")
+    frame = frame_of(
+        ["2024-01-02", "2024-01-03"], open=0.5, high=0.6, low=0.4, close=0.55, volume=[0.0, 0.5], amount=[0.0, 0.2]
+    )  # a sub-dollar coin on a quiet day
+    kept, report = validate("X", frame, day)
+    assert report.findings == [] and len(kept) == 2
+
+
+def test_rejections_keep_each_finding_time_and_their_first_reason():
+    day = Interval.parse("1d")
+    frame = frame_of(["2024-01-02", "2024-01-03", "2024-01-04"], volume=[100.0, -1.0, 100.0])
+    kept, report = validate("X", frame, day, policies={"negative_volume": "reject_symbol"})
+    assert kept.empty and report.bars_kept["X"] == 0
+    assert report.rejected_symbols["X"] == f"{RULES['negative_volume']} [negative_volume], first at row 2"
+    assert report.findings[0].ts == pd.Timestamp("2024-01-03", tz="UTC")
+
+
+def test_out_of_order_and_duplicate_bars_are_told_apart():
+    day = Interval.parse("1d")
+    _, report = validate("X", frame_of(["2024-01-02", "2024-01-03", "2024-01-03"]), day)
+    assert [(f.row, f.rule) for f in report.findings] == [(3, "duplicate_timestamp")]  # equal, not earlier
+    frame = frame_of(["2024-01-10", "2024-01-02", "2024-01-05"])
+    frame.loc[1, "ts"] = pd.NaT  # a bar without a time between them: the third is compared with the first
+    _, report = validate("X", frame, day)
+    assert sorted((f.row, f.rule) for f in report.findings) == [(2, "bad_timestamp"), (3, "decreasing_timestamp")]
+
+
+def test_warned_bars_keep_their_columns_and_off_grid_bars_can_be_dropped():
+    frame = frame_of(["2024-01-03", "2024-01-02", "2024-01-04"])
+    kept, _ = validate("X", frame, Interval.parse("1d"), policies={"decreasing_timestamp": "warn"})
+    assert list(kept.columns) == list(frame.columns)
+    stamps = pd.date_range("2024-03-04 14:30", periods=4, freq="5min", tz="UTC").tolist()
+    stamps[2] = pd.Timestamp("2024-03-04 14:41", tz="UTC")
+    kept, report = validate("X", frame_of(stamps), Interval.parse("5min"), policies={"off_grid": "reject_bar"})
+    assert kept["row"].tolist() == [1, 2, 4] and [f.rule for f in report.findings] == ["off_grid"]
+
+
+def test_isolation_limits_at_their_boundaries():
+    minutes = pd.date_range("2024-01-02 14:30", periods=20, freq="1min", tz="UTC").tolist()
+    last = minutes[-1]
+    one_min = Interval.parse("1min")
+
+    def isolated(times, interval=one_min, **policies):
+        _, report = validate("X", frame_of(times), interval, policies=policies or None)
+        return [f.row for f in report.findings if f.rule == "isolated_timestamp"]
+
+    assert isolated([*minutes, last + pd.Timedelta(hours=20)]) == []  # 1,200 steps, but under a year
+    assert isolated([*minutes, last + pd.Timedelta(days=366)]) == []  # exactly the limit is not over it
+    assert isolated([*minutes, last + pd.Timedelta(days=366, hours=12)]) == [21]
+    days = [f"2024-01-{d:02d}" for d in range(2, 12)]
+    assert isolated(["2022-08-20", *days], Interval.parse("1d")) == []  # 500 days: under 1,000 daily steps
+    # a warned isolated bar is kept and so still checked for order: the last row is the earliest
+    _, report = validate(
+        "X", frame_of([*days, "2010-06-03"]), Interval.parse("1d"), policies={"isolated_timestamp": "warn"}
+    )
+    assert {(f.row, f.rule) for f in report.findings} == {(11, "isolated_timestamp"), (11, "decreasing_timestamp")}

@@ -81,6 +81,8 @@ def test_historical_volatility_reads_the_last_window_of_log_returns():
         sigma = metrics.histvol_sigma(with_gap)
     assert sigma == pytest.approx(np.std(kept, ddof=1), rel=1e-9)
     assert metrics.histvol_sigma([5.0, 5.1]) == 0.0  # one return has no spread
+    two = metrics.histvol_sigma([5.0, 5.1, 5.0])
+    assert two == pytest.approx(np.std(np.diff(np.log([5.0, 5.1, 5.0])), ddof=1)) and two > 0
 
 
 def test_historical_volatility_band_widens_with_the_square_root_of_the_step():
@@ -92,8 +94,11 @@ def test_historical_volatility_band_widens_with_the_square_root_of_the_step():
 
 
 def test_scores_refuse_missing_values_and_read_integers_as_numbers():
-    with pytest.raises(ValueError, match="need finite values; drop missing bars"):
+    message = r"^scores need finite values; drop missing bars before scoring\.$"
+    with pytest.raises(ValueError, match=message):
         metrics.mae([1.0, float("nan")], [1.0, 2.0])
+    with pytest.raises(ValueError, match=message):  # a missing value read from JSON or a database
+        metrics.mae([1.0, None], [1.0, 2.0])
     assert metrics.mape([1, 3], [2, 4]) == pytest.approx(37.5)  # integer inputs: no integer division
     assert math.isnan(metrics.mape([1.0, 2.0], [0.0, 0.0]))  # no non-zero actual: undefined, not 0
 
@@ -116,6 +121,7 @@ def test_wilson_interval_at_the_edges():
 def test_a_flat_forecast_counts_as_not_up():
     hit = metrics.direction_accuracy([10.0, 10.0], [9.0, 11.0], [10.0, 10.0])  # down matches flat, up does not
     assert (hit.value, hit.count) == (0.5, 2)
+    assert metrics.direction_accuracy([10.0], [9.0], [10.0]).value == 1.0
 
 
 def test_crps_of_sample_paths_equals_the_pairwise_definition():

@@ -265,3 +265,63 @@ def test_an_absurd_config_is_refused_from_the_file_header_before_allocating(save
     (saved_model / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(CheckpointError, match=message):
         Kronos.from_pretrained(saved_model)
+
+
+def test_config_values_are_checked_at_their_bounds_and_errors_name_the_file():
+    from kronos_tasks.model.config import KronosConfig, TokenizerConfig
+
+    model, tokenizer = dict(MODEL_PRESETS["tiny"]), dict(TOKENIZER_PRESETS["tiny"])
+    source = "folder/config.json"
+
+    def refused(cls, values, message):
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            cls.from_dict(values, source)
+
+    for bits in (1, 16):
+        assert KronosConfig.from_dict({**model, "s1_bits": bits, "s2_bits": bits}, source).s1_bits == bits
+    for name in ("s1_bits", "s2_bits"):
+        for bits in (0, 17):
+            refused(KronosConfig, {**model, name: bits}, f"{source}: {name} must be between 1 and 16, got {bits}\\.")
+    refused(KronosConfig, {**model, "n_layers": 0}, f"{source}: n_layers must be positive, got 0\\.")
+    assert KronosConfig.from_dict({**model, "n_layers": 1}, source).n_layers == 1
+    refused(TokenizerConfig, {**tokenizer, "group_size": 0}, f"{source}: group_size must be positive, got 0\\.")
+    # floats take integers (JSON writes 0.0 as 0) but not booleans; booleans take nothing else
+    assert KronosConfig.from_dict({**model, "ffn_dropout_p": 0}, source).ffn_dropout_p == 0
+    refused(
+        KronosConfig,
+        {**model, "ffn_dropout_p": True},
+        f"{source}: key 'ffn_dropout_p' must be of type float, got True\\.",
+    )
+    refused(
+        KronosConfig,
+        {**model, "ffn_dropout_p": "0.1"},
+        f"{source}: key 'ffn_dropout_p' must be of type float, got '0\\.1'\\.",
+    )
+    refused(KronosConfig, {**model, "learn_te": 1}, f"{source}: key 'learn_te' must be of type bool, got 1\\.")
+    refused(KronosConfig, {**model, "n_heads": 2.0}, f"{source}: key 'n_heads' must be of type int, got 2\\.0\\.")
+    for name in ("d_in", "d_model", "n_heads", "ff_dim", "n_enc_layers", "n_dec_layers"):
+        refused(TokenizerConfig, {**tokenizer, name: 0}, f"{source}: {name} must be positive, got 0\\.")
+    for name in ("d_model", "n_heads", "ff_dim"):
+        refused(KronosConfig, {**model, name: 0}, f"{source}: {name} must be positive, got 0\\.")
+    refused(TokenizerConfig, {**tokenizer, "s2_bits": 0}, f"{source}: s2_bits must be between 1 and 16, got 0\\.")
+    refused(TokenizerConfig, {**tokenizer, "beta": "x"}, f"{source}: key 'beta' must be of type float, got 'x'\\.")
+    with pytest.raises(ConfigError, match=f"^{source}: unknown key"):
+        TokenizerConfig.from_dict({**tokenizer, "extra": 1}, source)
+    with pytest.raises(ConfigError, match=f"^{source}: missing key"):
+        KronosConfig.from_dict({k: v for k, v in model.items() if k != "ff_dim"}, source)
+    refused(
+        KronosConfig,
+        {**model, "d_model": 36, "n_heads": 4},
+        f"{source}: d_model 36 must split into an even head size for 4 heads\\.",
+    )
+    # a head size of 36 / 4 = 9 is odd: rotary positions rotate pairs of dimensions
+    refused(
+        TokenizerConfig,
+        {**tokenizer, "d_model": 36, "n_heads": 4},
+        f"{source}: the head size d_model/n_heads must be even for rotary positions\\.",
+    )
+    refused(
+        TokenizerConfig,
+        {**tokenizer, "n_heads": 5},
+        f"{source}: d_model {tokenizer['d_model']} is not divisible by n_heads 5\\.",
+    )

@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import reference
@@ -144,3 +145,32 @@ def test_normalisation_falls_back_to_float64_where_float32_overflows():
     np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-12)
     assert got[10, 4] == 3.0 and got[20, 4] == -3.0
+
+
+def test_model_inputs_name_what_is_wrong_and_where():
+    from kronos_tasks.inference import InputError
+    from kronos_tasks.inference.features import as_timestamps, complete_features
+
+    with pytest.raises(InputError, match=r"^x: expected a pandas DataFrame, got list\.$"):
+        complete_features([1, 2], "x")
+    frame = pd.DataFrame({"open": [1, 2, 3], "high": [2, 3, 4], "low": [1, 1, 2], "close": [1, "n/a", 3]})
+    with pytest.raises(
+        InputError,
+        match=r"x: column 'close' has 1 missing, non-numeric or infinite value\(s\), "
+        r"first at row 1 \(index 1\); drop or repair those bars\.",
+    ):
+        complete_features(frame, "x")
+    frame.loc[1, "close"] = 2
+    complete = complete_features(frame.astype({"close": int}), "x")
+    assert (complete.dtypes == np.float64).all() and complete["volume"].tolist() == [0.0] * 3
+
+    with pytest.raises(InputError, match=r"^x_ts: cannot read the values as timestamps: "):
+        as_timestamps(["2024-01-02", "not a date"], "x_ts")
+    with pytest.raises(InputError, match=r"^x_ts: timestamp missing at row 1\.$"):
+        as_timestamps(["2024-01-02", None, None], "x_ts")
+    nanosecond = as_timestamps([pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-02") + pd.Timedelta(1)], "x_ts")
+    assert len(nanosecond) == 2  # strictly increasing, however close
+    with pytest.raises(InputError, match=r"row 2 \(2024-01-02 00:00:00\) goes back from row 1 \(2024-01-03 00:00:00\)"):
+        as_timestamps(["2024-01-01", "2024-01-03", "2024-01-02"], "x_ts")
+    with pytest.raises(InputError, match=r"row 2 \(2024-01-03 00:00:00\) duplicates row 1 \(2024-01-03 00:00:00\)"):
+        as_timestamps(["2024-01-01", "2024-01-03", "2024-01-03"], "x_ts")

@@ -40,14 +40,12 @@ def _check_fields(cls: type, values: Mapping[str, Any], source: str) -> None:
 def _check_types(config: Any, source: str) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if field.type in ("int", int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif field.type in ("float", float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif field.type in ("bool", bool):
+        if field.type in ("bool", bool):
             ok = isinstance(value, bool)
-        else:  # pragma: no cover - every field is one of the three
-            ok = True
+        elif field.type in ("int", int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:  # every other field is a float, which JSON may write as an integer
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
             raise ConfigError(f"{source}: key {field.name!r} must be of type {field.type}, got {value!r}.")
 
