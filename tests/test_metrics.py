@@ -161,3 +161,16 @@ def test_baselines_at_their_edges():
     assert metrics.seasonal_naive([1.0, 2.0], 2, period=2).tolist() == [1.0, 2.0]  # exactly one period
     with pytest.raises(ValueError, match="at least one period"):
         metrics.seasonal_naive([1.0], 2, period=0)
+
+
+def test_band_scores_of_the_widest_central_band():
+    quantiles = {0.9: np.array([2.0, 2.0, 2.0]), 0.1: np.array([1.0, 1.0, 1.0]), 0.5: np.array([1.5, 1.5, 1.5])}
+    got = metrics.band_scores(quantiles, [1.0, 2.0, 3.0])  # both ends count as inside
+    interval = metrics.wilson(2, 3)
+    assert got == {
+        "nominal": pytest.approx(0.8),
+        "coverage": pytest.approx(2 / 3),
+        "coverage_low": interval.low,
+        "coverage_high": interval.high,
+        "pinball": metrics.pinball(quantiles, [1.0, 2.0, 3.0]),
+    }

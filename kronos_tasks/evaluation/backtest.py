@@ -199,19 +199,8 @@ def score_rows(rows: pd.DataFrame, quantiles=()) -> dict[str, Any]:
 
 
 def band_scores(rows: pd.DataFrame, levels, prefix: str = "") -> dict[str, Any]:
-    """Coverage of the widest central band (with its Wilson interval) and the mean pinball loss of the
-    quantile columns ``<prefix>q<level>``."""
-    actual = rows["actual"].to_numpy()
-    low, high = (rows[f"{prefix}q{q:g}"].to_numpy() for q in (levels[0], levels[-1]))
-    inside = int(((actual >= low) & (actual <= high)).sum())
-    interval = metrics.wilson(inside, len(actual))
-    return {
-        "nominal": levels[-1] - levels[0],
-        "coverage": interval.value,
-        "coverage_low": interval.low,
-        "coverage_high": interval.high,
-        "pinball": metrics.pinball({q: rows[f"{prefix}q{q:g}"].to_numpy() for q in levels}, actual),
-    }
+    """``metrics.band_scores`` of the backtest rows' quantile columns ``<prefix>q<level>``."""
+    return metrics.band_scores({q: rows[f"{prefix}q{q:g}"].to_numpy() for q in levels}, rows["actual"].to_numpy())
 
 
 def items_from(engine: Engine, specs: list[str] | None, watchlist: list[WatchItem]) -> list[WatchItem]:

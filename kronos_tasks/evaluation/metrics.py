@@ -79,6 +79,21 @@ def pinball(quantiles: dict[float, np.ndarray], actual) -> float:
     return float(np.mean(losses))
 
 
+def band_scores(quantiles: dict[float, np.ndarray], actual) -> dict[str, float]:
+    """Coverage of the widest central band of quantile forecasts {level: values} (with its Wilson interval),
+    its nominal share and the mean pinball loss over the levels."""
+    levels = sorted(quantiles)
+    low, high, actual = _arrays(quantiles[levels[0]], quantiles[levels[-1]], actual)
+    interval = wilson(int(np.sum((actual >= low) & (actual <= high))), actual.size)
+    return {
+        "nominal": levels[-1] - levels[0],
+        "coverage": interval.value,
+        "coverage_low": interval.low,
+        "coverage_high": interval.high,
+        "pinball": pinball(quantiles, actual),
+    }
+
+
 def crps_samples(samples, actual) -> float:
     """CRPS from sample paths ``samples`` [S, ...] against ``actual`` [...]: E|X - y| - E|X - X'| / 2, averaged."""
     samples, actual = _arrays(samples, actual)

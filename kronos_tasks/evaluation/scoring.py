@@ -143,18 +143,8 @@ def band_coverage(part: pd.DataFrame, column: str) -> dict[str, float] | None:
     if known.empty:
         return None
     levels = sorted(float(q) for q in known[column].iloc[0])
-    actual = known["actual"].to_numpy(float)
     values = {q: known[column].map(lambda d, q=q: d[f"{q:g}"]).to_numpy(float) for q in levels}
-    inside = int(((actual >= values[levels[0]]) & (actual <= values[levels[-1]])).sum())
-    interval = metrics.wilson(inside, len(actual))
-    return {
-        "count": int(len(actual)),
-        "nominal": levels[-1] - levels[0],
-        "coverage": interval.value,
-        "coverage_low": interval.low,
-        "coverage_high": interval.high,
-        "pinball": metrics.pinball(values, actual),
-    }
+    return {"count": len(known), **metrics.band_scores(values, known["actual"].to_numpy(float))}
 
 
 def bands_of(part: pd.DataFrame) -> dict[str, dict | None]:
