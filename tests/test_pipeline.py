@@ -291,3 +291,82 @@ def test_replay_explains_a_difference_by_the_stream_version_first():
     replayed = {**recorded, "stream_version": 2}
     assert _why(recorded, replayed, True).startswith("recorded with random stream 1, this build draws stream 2")
     assert _why(recorded, {**recorded, "device": "cuda:0"}, True).startswith("recorded on cpu, replayed on cuda:0")
+
+
+# --- the forecasts artifact ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_forecasts_artifact_flattens_every_band_with_one_schema_across_chunks(
+    db_url, tmp_path, monkeypatch, calibrated
+):
+    """forecasts.csv and forecasts.parquet hold every stored row with each band's levels as columns, read in
+    chunks whose content differs (no calibrated value in the first ones): the same values in both files."""
+    from datetime import datetime, timedelta, timezone
+
+    from kronos_tasks.pipeline import runtime, tracking
+    from kronos_tasks.storage import make_engine, persist_run, upgrade
+
+    monkeypatch.setenv("KRONOS_DB_URL", db_url)
+    runtime.engine_for.cache_clear()
+    engine = make_engine(db_url)
+    upgrade(engine)
+    params = ForecastParams.from_dict({"pred_len": 3, "quantiles": [0.1, 0.5, 0.9]}).resolve(64, "champion", 8, "r")
+    pinned = PinnedPair("kronos-model", "3", "a" * 64, "run", "/m", "kronos-tokenizer", "1", "b" * 64, "run", "/t", 64)
+    run = RunPlan("r", "dag", None, "2024-08-28T21:30:00+00:00", "2024-08-28T21:30:01+00:00", params, pinned, 0.2)
+    if calibrated:
+        run.calibrations["1d"] = "c" * 64
+    origin = datetime(2024, 8, 28, 20, 0, tzinfo=timezone.utc)
+    rows = []
+    for s, symbol in enumerate(["AAA", "BBB"]):
+        for f, feature in enumerate(["open", "close"]):
+            for step in (1, 2, 3):
+                value = 100.0 * (s + 1) + 10 * f + step + 0.123456789012345
+                close = feature == "close"
+                rows.append(
+                    {
+                        "run_id": "r",
+                        "symbol": symbol,
+                        "feature": feature,
+                        "step": step,
+                        "interval": "1d",
+                        "origin_ts": origin,
+                        "target_ts": origin + timedelta(days=step),
+                        "last_value": 99.5,
+                        "mean": value,
+                        "quantiles": {"0.1": value - 1, "0.5": value, "0.9": value + 1},
+                        "prob_above_last": 0.25 * step,
+                        "series_seed": 2**62 + s,
+                        "calibrated_quantiles": (
+                            {"0.1": value - 2, "0.5": value, "0.9": value + 2} if close and symbol == "BBB" else None
+                        ),
+                        "calibrated_prob_above_last": 0.1 * step if close and symbol == "BBB" else None,
+                        "baseline_quantiles": {"0.1": value - 3, "0.5": value, "0.9": value + 3} if close else None,
+                    }
+                )
+    persist_run(engine, daily.run_row(run, [], "success", origin), rows, [])
+    monkeypatch.setattr(tracking, "CSV_CHUNK", 5)  # the first chunks hold no calibrated value
+    csv = pd.read_csv(tracking.write_forecasts(run, tmp_path, 2))
+    parquet = pd.read_parquet(tracking.write_forecasts(run, tmp_path, tracking.PER_SYMBOL_DATASETS + 1))
+
+    expected = pd.DataFrame(sorted(rows, key=lambda r: (r["symbol"], r["feature"], r["step"])))
+    bands = {"quantiles": "q", "baseline_quantiles": "hv_q"}
+    if calibrated:
+        bands["calibrated_quantiles"] = "cal_q"
+    for band, prefix in bands.items():
+        for level in ("0.1", "0.5", "0.9"):
+            expected[f"{prefix}{level}"] = [(v or {}).get(level, np.nan) for v in expected[band]]
+    expected = expected.drop(columns=["quantiles", "calibrated_quantiles", "baseline_quantiles"])
+    assert sorted(csv.columns) == sorted(expected.columns) == sorted(parquet.columns)
+    assert ("cal_q0.1" in csv.columns) is calibrated
+    for frame in (csv, parquet):
+        for column in expected.columns:
+            got, want = frame[column], expected[column]
+            if column.endswith("_ts"):
+                assert (pd.to_datetime(got, utc=True) == pd.to_datetime(want, utc=True)).all()
+            elif pd.api.types.is_numeric_dtype(want):
+                np.testing.assert_array_equal(got.to_numpy(float), want.to_numpy(float), err_msg=column)
+            else:
+                assert got.astype(str).tolist() == want.astype(str).tolist(), column
+    assert parquet["series_seed"].dtype == np.int64 and parquet["calibrated_prob_above_last"].dtype == np.float64
+    runtime.engine_for.cache_clear()

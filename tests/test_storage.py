@@ -277,3 +277,22 @@ def test_batched_window_reads_equal_one_read_per_symbol(engine):
     later = read_windows(engine, items, datetime(2030, 1, 1, tzinfo=UTC), 64)
     for item in items[:2]:
         pd.testing.assert_frame_equal(later[item.symbol], read_bars(engine, item.symbol, item.interval, limit=64))
+
+
+def test_stored_times_become_the_same_utc_instants_to_the_microsecond():
+    from zoneinfo import ZoneInfo
+
+    from kronos_tasks.storage.items import utc_index
+
+    aware = [
+        datetime(2024, 3, 10, 1, 59, 59, 999_999, tzinfo=ZoneInfo("America/New_York")),  # before the DST jump
+        datetime(2024, 3, 10, 3, 0, tzinfo=ZoneInfo("America/New_York")),
+        datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC),  # before the epoch
+    ]
+    got = utc_index(aware)
+    assert str(got.tz) == "UTC"
+    assert [t.value for t in got] == [pd.Timestamp(t).tz_convert("UTC").value for t in aware]
+    assert list(got.as_unit("us").asi8) == [1710053999999999, 1710054000000000, -500_000]
+    naive = utc_index([datetime(2024, 1, 2, 3, 4, 5, 6)])  # SQLite: stored UTC without a zone
+    assert naive[0] == pd.Timestamp("2024-01-02 03:04:05.000006", tz="UTC")
+    assert len(utc_index([])) == 0

@@ -121,33 +121,34 @@ def predict_windows(
 
 def forecast_rows(run_id: str, window: Window, forecast: Forecast) -> list[dict]:
     """One row per feature and step: mean, quantiles, share of sample paths above the last observed value."""
-    origin = window.bars["ts"].iloc[-1].to_pydatetime()
-    last = window.bars[FEATURES].iloc[-1].to_numpy(dtype=float)
+    bars = window.bars
+    origin = bars["ts"].iat[-1].to_pydatetime()
+    last = np.array([bars[feature].iat[-1] for feature in FEATURES], dtype=float)  # [6]
     samples = forecast.samples  # [S, pred_len, 6]
-    above = (samples > last[None, None, :]).mean(axis=0)  # [pred_len, 6]
-    means = forecast.mean.to_numpy(dtype=float)
-    quantiles = {q: forecast.quantile(q).to_numpy(dtype=float) for q in forecast.quantiles}
+    # Python floats per [feature][step], converted once (tolist) rather than value by value
+    above = (samples > last[None, None, :]).mean(axis=0).T.tolist()
+    means = forecast.mean.to_numpy(dtype=float).T.tolist()
+    levels = [(f"{q:g}", forecast.quantile(q).to_numpy(dtype=float).T.tolist()) for q in forecast.quantiles]
     targets: list[datetime] = list(window.future.to_pydatetime())
-    rows = []
-    for f, feature in enumerate(FEATURES):
-        for step in range(means.shape[0]):
-            rows.append(
-                {
-                    "run_id": run_id,
-                    "symbol": window.symbol,
-                    "feature": feature,
-                    "step": step + 1,
-                    "interval": window.item.interval,
-                    "origin_ts": origin,
-                    "target_ts": targets[step],
-                    "last_value": float(last[f]),
-                    "mean": float(means[step, f]),
-                    "quantiles": {f"{q:g}": float(values[step, f]) for q, values in quantiles.items()},
-                    "prob_above_last": float(above[step, f]),
-                    "series_seed": int(forecast.seed),
-                }
-            )
-    return rows
+    symbol, interval, seed, last = window.symbol, window.item.interval, int(forecast.seed), last.tolist()
+    return [
+        {
+            "run_id": run_id,
+            "symbol": symbol,
+            "feature": feature,
+            "step": step + 1,
+            "interval": interval,
+            "origin_ts": origin,
+            "target_ts": targets[step],
+            "last_value": last[f],
+            "mean": means[f][step],
+            "quantiles": {key: values[f][step] for key, values in levels},
+            "prob_above_last": above[f][step],
+            "series_seed": seed,
+        }
+        for f, feature in enumerate(FEATURES)
+        for step in range(len(means[0]))
+    ]
 
 
 def predict_series(

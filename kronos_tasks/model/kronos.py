@@ -20,6 +20,7 @@ from .config import DEPENDENCY_LAYER_HEADS, KronosConfig
 from .layers import (
     Attend,
     Attention,
+    Embedding,
     Linear,
     RMSNorm,
     Rope,
@@ -39,8 +40,8 @@ class HierarchicalEmbedding(nn.Module):
     def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
         super().__init__()
         self.d_model = d_model
-        self.emb_s1 = nn.Embedding(2**s1_bits, d_model)
-        self.emb_s2 = nn.Embedding(2**s2_bits, d_model)
+        self.emb_s1 = Embedding(2**s1_bits, d_model)
+        self.emb_s2 = Embedding(2**s2_bits, d_model)
         self.fusion_proj = Linear(2 * d_model, d_model)
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class FixedEmbedding(nn.Module):
         table = torch.zeros(size, d_model)
         table[:, 0::2] = torch.sin(position * div_term)
         table[:, 1::2] = torch.cos(position * div_term)
-        self.emb = nn.Embedding(size, d_model)
+        self.emb = Embedding(size, d_model)
         self.emb.weight = nn.Parameter(table, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ class FixedEmbedding(nn.Module):
 class TemporalEmbedding(nn.Module):
     def __init__(self, d_model: int, learn_te: bool):
         super().__init__()
-        make = nn.Embedding if learn_te else FixedEmbedding
+        make = Embedding if learn_te else FixedEmbedding
         self.minute_embed = make(TIME_FEATURE_SIZES["minute"], d_model)
         self.hour_embed = make(TIME_FEATURE_SIZES["hour"], d_model)
         self.weekday_embed = make(TIME_FEATURE_SIZES["weekday"], d_model)

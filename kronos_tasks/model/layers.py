@@ -92,6 +92,15 @@ class Linear(nn.Linear):
         return self.joined(x)
 
 
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` (same parameter and state dict) whose skeleton on the meta device skips the random
+    initialisation: normal_ on meta imports torch._dynamo, 2 s of the first checkpoint load of a process."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -125,9 +134,11 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int):
         super().__init__()
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        # Computed on the CPU, then moved to the device the module is built on: on the meta device (the
+        # loader's config check) the power would load torch's meta kernels, 1.5 s of every process's first load.
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
         # Derived from head_dim, so not stored; upstream's files carry it and the loader checks it.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device()), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> Rope:
         """cos and sin for integer ``positions`` [B, L], each [B, L, 1, head_dim] (broadcast over heads)."""

@@ -15,9 +15,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric
-from sqlalchemy import select
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, select, type_coerce
 
 from kronos_tasks.inference.params import STREAM_VERSION
 from kronos_tasks.registry.mlflow_setup import client, ensure_experiment
@@ -25,6 +26,7 @@ from kronos_tasks.registry.pinned import PinnedPair
 from kronos_tasks.registry.runs import finish_run, start_run
 from kronos_tasks.settings import redact
 from kronos_tasks.storage import get_run, instrument, item_failures, read_bars, run_windows, update_run
+from kronos_tasks.storage.items import utc_index
 from kronos_tasks.storage.models import Forecast, ForecastWindow
 
 from . import runtime
@@ -47,6 +49,8 @@ DATASET_SCHEMA = json.dumps(
 
 
 BANDS = {"quantiles": "q", "calibrated_quantiles": "cal_q", "baseline_quantiles": "hv_q"}
+INTEGER_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.type, (Integer, BigInteger))}
+TEXT_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.type, (String, Text))}
 
 
 def summary_frame(rows: list[dict]) -> pd.DataFrame:
@@ -77,18 +81,53 @@ def _forecast_frame(run_id: str, symbols: list[str] | None = None, feature: str 
     return summary_frame([dict(r) for r in rows])
 
 
-def write_forecasts(run_id: str, folder: Path, symbols: int) -> Path:
+def _flat_forecast_query(run: RunPlan):
+    """The run's forecast rows as ``write_forecasts`` writes them: the plain columns (timestamps without the
+    per-row conversion) and each band's levels read out of its JSON in the database (``q0.1``, ``cal_q0.1``
+    when the run had a calibration, ``hv_q0.1``), ordered by symbol, feature and step."""
+    stamps = ("origin_ts", "target_ts")
+    columns = [
+        type_coerce(c, DateTime(timezone=True)).label(c.name) if c.name in stamps else c
+        for c in Forecast.__table__.columns
+        if c.name not in BANDS
+    ]
+    for band, prefix in BANDS.items():
+        if band == "calibrated_quantiles" and not run.calibrations:
+            continue
+        for q in sorted(run.params.quantiles):
+            columns.append(getattr(Forecast, band)[f"{q:g}"].as_float().label(f"{prefix}{q:g}"))
+    query = select(*columns).where(Forecast.run_id == run.run_id)
+    return query.order_by(Forecast.symbol, Forecast.feature, Forecast.step), stamps
+
+
+def _typed_frame(names: list[str], rows, stamps: tuple[str, ...]) -> pd.DataFrame:
+    """Rows as a frame with one dtype per column whatever the chunk holds (float64 for numbers that may be
+    missing, UTC timestamps), so that every chunk of a Parquet file has the same schema."""
+    frame = {}
+    for name, values in zip(names, zip(*rows)):
+        if name in stamps:
+            frame[name] = utc_index(values)
+        elif name in INTEGER_COLUMNS:
+            frame[name] = np.array(values, dtype=np.int64)
+        elif name in TEXT_COLUMNS:
+            frame[name] = pd.Series(values, dtype=object)
+        else:
+            frame[name] = np.array(values, dtype=np.float64)  # NULL -> NaN
+    return pd.DataFrame(frame)
+
+
+def write_forecasts(run: RunPlan, folder: Path, symbols: int) -> Path:
     """The run's forecasts as ``forecasts.csv`` (``forecasts.parquet`` above PER_SYMBOL_DATASETS symbols,
     where CSV formatting would cost more than the forecasts), streamed ``CSV_CHUNK`` rows at a time so that
-    memory does not grow with the run."""
-    columns = [c.name for c in Forecast.__table__.columns]
-    query = _forecast_query(run_id)
+    memory does not grow with the run; the bands' quantiles as columns (see ``summary_frame``)."""
+    query, stamps = _flat_forecast_query(run)
     path = folder / ("forecasts.parquet" if symbols > PER_SYMBOL_DATASETS else "forecasts.csv")
     writer = None
     with runtime.engine().connect() as connection, ExitStack() as stack:
         result = connection.execution_options(stream_results=True, yield_per=CSV_CHUNK).execute(query)
+        names = list(result.keys())
         for chunk in result.partitions(CSV_CHUNK):
-            frame = summary_frame([dict(zip(columns, row)) for row in chunk])
+            frame = _typed_frame(names, chunk, stamps)
             if path.suffix == ".csv":
                 frame.to_csv(path, mode="a", index=False, header=writer is None)
                 writer = True
@@ -99,7 +138,7 @@ def write_forecasts(run_id: str, folder: Path, symbols: int) -> Path:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if writer is None:
                 writer = stack.enter_context(pq.ParquetWriter(path, table.schema))
-            writer.write_table(table.cast(writer.schema))
+            writer.write_table(table)
     if writer is None:
         path.write_text("")
     return path
@@ -300,7 +339,7 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
             metrics = {}
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder)
-            write_forecasts(run.run_id, out, len(windows))
+            write_forecasts(run, out, len(windows))
             pd.DataFrame(item_failures(engine, run.run_id), columns=["symbol", "stage", "reason"]).to_csv(
                 out / "failures.csv", index=False
             )

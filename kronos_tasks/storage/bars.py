@@ -63,7 +63,7 @@ def write_bars_many(engine: Engine, entries: list[tuple[str, str, pd.DataFrame, 
     now = _now()
     # One frame for every symbol, built once (per-symbol pandas operations cost more than the write).
     sizes = [len(bars) for _, _, bars, _, _, _ in entries]
-    frame = pd.concat([bars[["ts", *FEATURES]] for _, _, bars, _, _, _ in entries], ignore_index=True)
+    frame = pd.concat([bars for _, _, bars, _, _, _ in entries], ignore_index=True)[["ts", *FEATURES]]
     frame = frame.astype({f: np.float64 for f in FEATURES})
     frame["ts"] = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC")
     frame["symbol"] = np.repeat([e[0] for e in entries], sizes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -128,21 +129,24 @@ def _copy_rows(connection: Connection, target: str, table: Table, rows: Sequence
     """COPY ``rows`` into ``target`` (PostgreSQL), each value through its column type's bind processing."""
     import psycopg
     from psycopg import sql
-    from psycopg.types.json import Json
 
     dialect = connection.dialect
     columns = list(table.columns)
-    processors = [Json if isinstance(c.type, JSON) else c.type.bind_processor(dialect) for c in columns]
+    # JSON as its text (COPY's text format reads every column from text), by the C encoder in one call
+    processors = [json.dumps if isinstance(c.type, JSON) else c.type.bind_processor(dialect) for c in columns]
     cursor = connection.connection.driver_connection.cursor()
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(target), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     )
     try:
         with cursor.copy(statement) as copy:
+            names = [c.name for c in columns]
             for row in rows:
-                values = [row.get(c.name) for c in columns]
                 copy.write_row(
-                    [v if process is None or v is None else process(v) for v, process in zip(values, processors)]
+                    [
+                        value if value is None or process is None else process(value)
+                        for value, process in zip(map(row.get, names), processors)
+                    ]
                 )
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"COPY {target}", None, exc) from exc

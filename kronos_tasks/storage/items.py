@@ -8,10 +8,23 @@ few ids and counts however long the watchlist is.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import DateTime, Engine, and_, delete, func, select, tuple_, type_coerce, update
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    column,
+    delete,
+    func,
+    select,
+    true,
+    tuple_,
+    type_coerce,
+    update,
+    values,
+)
 
 from kronos_tasks.data.schema import FEATURES
 from kronos_tasks.data.watchlist import WatchItem
@@ -106,24 +119,68 @@ def item_counts(engine: Engine, run_id: str) -> tuple[int, int]:
 
 def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int) -> dict[str, pd.DataFrame]:
     """The last ``limit`` bars up to ``end`` of each entry, by symbol (ts UTC + features, oldest first): one
-    query per ``READ_CHUNK`` entries instead of one per symbol."""
+    query per ``READ_CHUNK`` entries instead of one per symbol. Symbols without bars are left out."""
     found: dict[str, pd.DataFrame] = {}
     for start in range(0, len(items), READ_CHUNK):
-        chunk = items[start : start + READ_CHUNK]
-        rank = func.row_number().over(partition_by=(Bar.symbol, Bar.interval), order_by=Bar.ts.desc()).label("rank")
-        # The stored UTC times without UtcDateTime's per-row conversion: pandas reads them as UTC at once.
-        stamp = type_coerce(Bar.ts, DateTime(timezone=True)).label("ts")
-        inner = (
-            select(Bar.symbol, stamp, *(getattr(Bar, f) for f in FEATURES), rank)
-            .where(tuple_(Bar.symbol, Bar.interval).in_([(i.symbol, i.interval) for i in chunk]), Bar.ts <= end)
-            .subquery()
-        )
-        query = select(inner.c.symbol, inner.c.ts, *(inner.c[f] for f in FEATURES)).where(and_(inner.c.rank <= limit))
+        query = _windows_query(engine.dialect.name, items[start : start + READ_CHUNK], end, limit)
         with engine.connect() as connection:
-            # Plain tuples from one fetch: pandas probing SQLAlchemy Row objects costs more than the query.
-            rows = [tuple(row) for row in connection.execute(query).all()]
-        frame = pd.DataFrame.from_records(rows, columns=["symbol", "ts", *FEATURES])
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        for symbol, bars in frame.groupby("symbol", sort=False):
-            found[symbol] = bars.drop(columns="symbol").sort_values("ts").reset_index(drop=True)
+            rows = connection.execute(query).all()  # ordered by symbol, then time
+        if not rows:
+            continue
+        symbols, stamps, *features = zip(*rows)
+        times = utc_index(stamps)
+        values = np.array(features, dtype=np.float64)  # [features, rows]; NULL -> NaN
+        edges = [0, *(np.flatnonzero(np.array(symbols[1:]) != np.array(symbols[:-1])) + 1), len(rows)]
+        for first, after in zip(edges[:-1], edges[1:]):
+            found[symbols[first]] = pd.DataFrame(
+                {"ts": times[first:after], **{f: values[i, first:after] for i, f in enumerate(FEATURES)}}
+            )
     return found
+
+
+def _windows_query(dialect: str, chunk: Sequence[WatchItem], end: datetime, limit: int):
+    """The bars of ``read_windows`` for one chunk of entries, ordered by symbol and time.
+
+    On PostgreSQL a LATERAL join walks each pair's primary-key index backwards from ``end`` and stops after
+    ``limit`` bars; elsewhere a row_number() window ranks every bar of the pairs up to ``end``.
+    """
+    # The stored UTC times without UtcDateTime's per-row conversion (utc_index converts them at once).
+    stamp = type_coerce(Bar.ts, DateTime(timezone=True)).label("ts")
+    columns = (Bar.symbol, stamp, *(getattr(Bar, f) for f in FEATURES))
+    pairs = [(i.symbol, i.interval) for i in chunk]
+    if dialect == "postgresql":
+        keys = values(
+            column("symbol", Bar.__table__.c.symbol.type),
+            column("interval", Bar.__table__.c.interval.type),
+            name="keys",
+        ).data(pairs)
+        latest = (
+            select(*columns)
+            .where(Bar.symbol == keys.c.symbol, Bar.interval == keys.c.interval, Bar.ts <= end)
+            .order_by(Bar.ts.desc())
+            .limit(limit)
+            .lateral("latest")
+        )
+        return select(latest).select_from(keys).join(latest, true()).order_by(latest.c.symbol, latest.c.ts)
+    rank = func.row_number().over(partition_by=(Bar.symbol, Bar.interval), order_by=Bar.ts.desc()).label("rank")
+    inner = select(*columns, rank).where(tuple_(Bar.symbol, Bar.interval).in_(pairs), Bar.ts <= end).subquery()
+    return (
+        select(inner.c.symbol, inner.c.ts, *(inner.c[f] for f in FEATURES))
+        .where(inner.c.rank <= limit)
+        .order_by(inner.c.symbol, inner.c.ts)
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def utc_index(stamps: Sequence[datetime]) -> pd.DatetimeIndex:
+    """Timestamps as the database returns them (aware, or naive UTC from SQLite) -> a UTC DatetimeIndex.
+
+    Integer microseconds since the epoch, computed per value: pandas' conversion of aware datetime objects
+    checks each one's time zone and costs several times more on the hundreds of thousands of bars a shard reads.
+    """
+    epoch = _EPOCH if stamps and stamps[0].tzinfo is not None else _EPOCH.replace(tzinfo=None)
+    micros = np.fromiter(((s - epoch) // _MICROSECOND for s in stamps), dtype=np.int64, count=len(stamps))
+    return pd.DatetimeIndex(micros.astype("datetime64[us]")).tz_localize("UTC")
