@@ -221,6 +221,7 @@ def series_from_frame(
         out["amount"] = out["volume"] * out[PRICES].mean(axis=1)
         notes.append("no amount column: amount = volume x mean(open, high, low, close)")
     out["row"] = rows if combined else np.arange(first_row, first_row + len(out))
+    out = out[COLUMNS]  # once for the file, not once per symbol
 
     symbol_column = next((keys[n] for n in SYMBOL_NAMES if n in keys), None)
     name_symbol, name_interval = symbol_and_interval_from_name(path)
@@ -240,7 +241,7 @@ def series_from_frame(
             shown = ", ".join(f"row {bars.loc[i, 'row']} ({str(value)[:32]!r})" for i, value in bad.iloc[:5].items())
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             own_notes.append(f"unreadable or non-existent time(s) in {path.name}: {shown}{more}")
-        bars = bars[COLUMNS].reset_index(drop=True)
+        bars = bars.reset_index(drop=True)
         stamps = bars["ts"].dropna()
         if len(stamps) > 1 and stamps.is_monotonic_decreasing and not stamps.is_monotonic_increasing:
             bars = bars.iloc[::-1].reset_index(drop=True)
