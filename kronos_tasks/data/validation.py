@@ -141,9 +141,8 @@ def validate(
     flags: dict[str, np.ndarray] = {}
     ts = bars["ts"]
     utc_ns = pd.DatetimeIndex(ts).as_unit("ns").asi8  # NaT: the smallest int64
-    values = np.column_stack(
-        [bars[f].to_numpy(dtype=float) for f in FEATURES]
-    )  # [bars, 6]; 4x cheaper than bars[FEATURES]
+    # [bars, 6], column by column: a multi-column selection costs 4x more on the few rows of a daily ingest
+    values = np.column_stack([bars[f].to_numpy(dtype=float) for f in FEATURES])
     opens, highs, lows, closes, volumes, amounts = values.T
     flags["bad_timestamp"] = utc_ns == NAT
     flags["non_finite"] = ~np.isfinite(values).all(axis=1)
