@@ -110,15 +110,18 @@ def test_kronos_small_shape_round_trip_gives_identical_logits(tmp_path):
 
 def test_loading_a_pair_checks_its_shapes_without_torch_compile_machinery(tmp_path):
     """The loader's config check builds the modules on the meta device; the random init of embeddings and
-    the rotary table computed there would import torch._dynamo and torch's meta kernels (about 2 s of every
-    forecast task's first load). A fresh process loads a pair and says which of those it imported."""
+    the rotary and sinusoid tables computed there would import torch._dynamo and torch's meta kernels (about
+    2 s of every forecast task's first load). A fresh process loads a pair (and a model with fixed time
+    embeddings) and says which of those it imported."""
     tokenizer = random_tokenizer("tiny", seed=1).save_pretrained(tmp_path / "tokenizer")
     model = random_model("tiny", seed=1).save_pretrained(tmp_path / "model")
+    fixed = random_model({**MODEL_PRESETS["tiny"], "learn_te": False}).save_pretrained(tmp_path / "fixed")
     script = (
         "import sys\n"
         "from kronos_tasks.model import Kronos, KronosTokenizer\n"
         "before = set(sys.modules)\n"
         f"KronosTokenizer.from_pretrained({str(tokenizer)!r}); Kronos.from_pretrained({str(model)!r})\n"
+        f"Kronos.from_pretrained({str(fixed)!r})\n"
         "print(sorted(m for m in set(sys.modules) - before if m.startswith(('torch._dynamo', 'torch._meta'))))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

@@ -55,13 +55,14 @@ class FixedEmbedding(nn.Module):
 
     def __init__(self, size: int, d_model: int):
         super().__init__()
-        position = torch.arange(size).float().unsqueeze(1)
-        div_term = (torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model)).exp()
-        table = torch.zeros(size, d_model)
+        # Computed on the CPU, then moved to the device the module is built on (see RotaryEmbedding).
+        position = torch.arange(size, device="cpu").float().unsqueeze(1)
+        div_term = (torch.arange(0, d_model, 2, device="cpu").float() * -(math.log(10000.0) / d_model)).exp()
+        table = torch.zeros(size, d_model, device="cpu")
         table[:, 0::2] = torch.sin(position * div_term)
         table[:, 1::2] = torch.cos(position * div_term)
         self.emb = Embedding(size, d_model)
-        self.emb.weight = nn.Parameter(table, requires_grad=False)
+        self.emb.weight = nn.Parameter(table.to(torch.get_default_device()), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.emb(x)
