@@ -53,38 +53,10 @@ INTEGER_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.ty
 TEXT_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.type, (String, Text))}
 
 
-def summary_frame(rows: list[dict]) -> pd.DataFrame:
-    """Forecast rows as a flat frame for CSV output and MLflow artifacts: raw quantiles as columns q0.1, ...,
-    calibrated ones as cal_q0.1, ..., the historical-volatility baseline's as hv_q0.1, ... (close rows)."""
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    parts = [frame.drop(columns=[c for c in BANDS if c in frame]).reset_index(drop=True)]
-    for column, prefix in BANDS.items():
-        if column in frame:
-            parts.append(pd.DataFrame([v or {} for v in frame[column]]).add_prefix(prefix))
-    return pd.concat(parts, axis=1)
-
-
-def _forecast_query(run_id: str, symbols: list[str] | None = None, feature: str | None = None):
-    query = select(*Forecast.__table__.columns).where(Forecast.run_id == run_id)
-    if symbols is not None:
-        query = query.where(Forecast.symbol.in_(symbols))
-    if feature is not None:
-        query = query.where(Forecast.feature == feature)
-    return query.order_by(Forecast.symbol, Forecast.feature, Forecast.step)
-
-
-def _forecast_frame(run_id: str, symbols: list[str] | None = None, feature: str | None = None) -> pd.DataFrame:
-    with runtime.engine().connect() as connection:
-        rows = connection.execute(_forecast_query(run_id, symbols, feature)).mappings().all()
-    return summary_frame([dict(r) for r in rows])
-
-
-def _flat_forecast_query(run: RunPlan):
-    """The run's forecast rows as ``write_forecasts`` writes them: the plain columns (timestamps without the
-    per-row conversion) and each band's levels read out of its JSON in the database (``q0.1``, ``cal_q0.1``
-    when the run had a calibration, ``hv_q0.1``), ordered by symbol, feature and step."""
+def _flat_forecast_query(run: RunPlan, symbols: list[str] | None = None, feature: str | None = None):
+    """The run's forecast rows (of ``symbols`` and ``feature`` when given) as flat columns: the plain ones
+    (timestamps without the per-row conversion) and each band's levels read out of its JSON by the database
+    (``q0.1``, ``cal_q0.1`` when the run had a calibration, ``hv_q0.1``), ordered by symbol, feature and step."""
     stamps = ("origin_ts", "target_ts")
     columns = [
         type_coerce(c, DateTime(timezone=True)).label(c.name) if c.name in stamps else c
@@ -97,6 +69,10 @@ def _flat_forecast_query(run: RunPlan):
         for q in sorted(run.params.quantiles):
             columns.append(getattr(Forecast, band)[f"{q:g}"].as_float().label(f"{prefix}{q:g}"))
     query = select(*columns).where(Forecast.run_id == run.run_id)
+    if symbols is not None:
+        query = query.where(Forecast.symbol.in_(symbols))
+    if feature is not None:
+        query = query.where(Forecast.feature == feature)
     return query.order_by(Forecast.symbol, Forecast.feature, Forecast.step), stamps
 
 
@@ -104,7 +80,7 @@ def _typed_frame(names: list[str], rows, stamps: tuple[str, ...]) -> pd.DataFram
     """Rows as a frame with one dtype per column whatever the chunk holds (float64 for numbers that may be
     missing, UTC timestamps), so that every chunk of a Parquet file has the same schema."""
     frame = {}
-    for name, values in zip(names, zip(*rows)):
+    for name, values in zip(names, list(zip(*rows)) or [()] * len(names)):
         if name in stamps:
             frame[name] = utc_index(values)
         elif name in INTEGER_COLUMNS:
@@ -116,10 +92,17 @@ def _typed_frame(names: list[str], rows, stamps: tuple[str, ...]) -> pd.DataFram
     return pd.DataFrame(frame)
 
 
+def _forecast_frame(run: RunPlan, symbols: list[str], feature: str) -> pd.DataFrame:
+    query, stamps = _flat_forecast_query(run, symbols, feature)
+    with runtime.engine().connect() as connection:
+        result = connection.execute(query)
+        return _typed_frame(list(result.keys()), result.all(), stamps)
+
+
 def write_forecasts(run: RunPlan, folder: Path, symbols: int) -> Path:
     """The run's forecasts as ``forecasts.csv`` (``forecasts.parquet`` above PER_SYMBOL_DATASETS symbols,
     where CSV formatting would cost more than the forecasts), streamed ``CSV_CHUNK`` rows at a time so that
-    memory does not grow with the run; the bands' quantiles as columns (see ``summary_frame``)."""
+    memory does not grow with the run; the bands' quantiles as columns (see ``_flat_forecast_query``)."""
     query, stamps = _flat_forecast_query(run)
     path = folder / ("forecasts.parquet" if symbols > PER_SYMBOL_DATASETS else "forecasts.csv")
     writer = None
@@ -247,12 +230,12 @@ def provenance(run: RunPlan):
     return Provenance(f"run {when:%Y-%m-%d %H:%M} UTC", f"{pair.model_name} v{pair.model_version}", pair.warning)
 
 
-def fan_inputs(run_id: str, windows: list[ForecastWindow]):
+def fan_inputs(run: RunPlan, windows: list[ForecastWindow]):
     """Chart inputs for ``windows``' symbols: close history up to each origin and the close forecast."""
     from .charts import FanInput
 
     engine = runtime.engine()
-    frame = _forecast_frame(run_id, [w.symbol for w in windows], "close")
+    frame = _forecast_frame(run, [w.symbol for w in windows], "close")
     fans = []
     for w in windows:
         rows = frame[frame["symbol"] == w.symbol]
@@ -269,7 +252,7 @@ def write_charts(run: RunPlan, windows: list[ForecastWindow], folder: Path) -> N
     """``fan_chart.png`` (the first symbols) and ``charts/<symbol>_<interval>.png`` for up to CHARTED_SYMBOLS."""
     from .charts import fan_chart, overview
 
-    fans = fan_inputs(run.run_id, windows[:CHARTED_SYMBOLS])
+    fans = fan_inputs(run, windows[:CHARTED_SYMBOLS])
     if not fans:
         return
     about = provenance(run)
