@@ -282,7 +282,7 @@ def test_batched_window_reads_equal_one_read_per_symbol(engine):
 def test_stored_times_become_the_same_utc_instants_to_the_microsecond():
     from zoneinfo import ZoneInfo
 
-    from kronos_tasks.storage.items import utc_index
+    from kronos_tasks.storage.models import utc_index
 
     aware = [
         datetime(2024, 3, 10, 1, 59, 59, 999_999, tzinfo=ZoneInfo("America/New_York")),  # before the DST jump

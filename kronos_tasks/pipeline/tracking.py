@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, select, type_coerce
+from sqlalchemy import BigInteger, Integer, String, Text, select
 
 from kronos_tasks.inference.params import STREAM_VERSION
 from kronos_tasks.registry.mlflow_setup import client, ensure_experiment
@@ -26,8 +26,7 @@ from kronos_tasks.registry.pinned import PinnedPair
 from kronos_tasks.registry.runs import finish_run, start_run
 from kronos_tasks.settings import redact
 from kronos_tasks.storage import get_run, instrument, item_failures, read_bars, run_windows, update_run
-from kronos_tasks.storage.items import utc_index
-from kronos_tasks.storage.models import Forecast, ForecastWindow
+from kronos_tasks.storage.models import Forecast, ForecastWindow, UtcDateTime, bulk_utc, utc_index
 
 from . import runtime
 from .payloads import RunPlan, RunSummary
@@ -49,6 +48,7 @@ DATASET_SCHEMA = json.dumps(
 
 
 BANDS = {"quantiles": "q", "calibrated_quantiles": "cal_q", "baseline_quantiles": "hv_q"}
+STAMP_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.type, UtcDateTime)}
 INTEGER_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.type, (Integer, BigInteger))}
 TEXT_COLUMNS = {c.name for c in Forecast.__table__.columns if isinstance(c.type, (String, Text))}
 
@@ -57,12 +57,7 @@ def _flat_forecast_query(run: RunPlan, symbols: list[str] | None = None, feature
     """The run's forecast rows (of ``symbols`` and ``feature`` when given) as flat columns: the plain ones
     (timestamps without the per-row conversion) and each band's levels read out of its JSON by the database
     (``q0.1``, ``cal_q0.1`` when the run had a calibration, ``hv_q0.1``), ordered by symbol, feature and step."""
-    stamps = ("origin_ts", "target_ts")
-    columns = [
-        type_coerce(c, DateTime(timezone=True)).label(c.name) if c.name in stamps else c
-        for c in Forecast.__table__.columns
-        if c.name not in BANDS
-    ]
+    columns = [bulk_utc(c) if c.name in STAMP_COLUMNS else c for c in Forecast.__table__.columns if c.name not in BANDS]
     for band, prefix in BANDS.items():
         if band == "calibrated_quantiles" and not run.calibrations:
             continue
@@ -73,15 +68,15 @@ def _flat_forecast_query(run: RunPlan, symbols: list[str] | None = None, feature
         query = query.where(Forecast.symbol.in_(symbols))
     if feature is not None:
         query = query.where(Forecast.feature == feature)
-    return query.order_by(Forecast.symbol, Forecast.feature, Forecast.step), stamps
+    return query.order_by(Forecast.symbol, Forecast.feature, Forecast.step)
 
 
-def _typed_frame(names: list[str], rows, stamps: tuple[str, ...]) -> pd.DataFrame:
+def _typed_frame(names: list[str], rows) -> pd.DataFrame:
     """Rows as a frame with one dtype per column whatever the chunk holds (float64 for numbers that may be
     missing, UTC timestamps), so that every chunk of a Parquet file has the same schema."""
     frame = {}
     for name, values in zip(names, list(zip(*rows)) or [()] * len(names)):
-        if name in stamps:
+        if name in STAMP_COLUMNS:
             frame[name] = utc_index(values)
         elif name in INTEGER_COLUMNS:
             frame[name] = np.array(values, dtype=np.int64)
@@ -93,24 +88,23 @@ def _typed_frame(names: list[str], rows, stamps: tuple[str, ...]) -> pd.DataFram
 
 
 def _forecast_frame(run: RunPlan, symbols: list[str], feature: str) -> pd.DataFrame:
-    query, stamps = _flat_forecast_query(run, symbols, feature)
     with runtime.engine().connect() as connection:
-        result = connection.execute(query)
-        return _typed_frame(list(result.keys()), result.all(), stamps)
+        result = connection.execute(_flat_forecast_query(run, symbols, feature))
+        return _typed_frame(list(result.keys()), result.all())
 
 
 def write_forecasts(run: RunPlan, folder: Path, symbols: int) -> Path:
     """The run's forecasts as ``forecasts.csv`` (``forecasts.parquet`` above PER_SYMBOL_DATASETS symbols,
     where CSV formatting would cost more than the forecasts), streamed ``CSV_CHUNK`` rows at a time so that
     memory does not grow with the run; the bands' quantiles as columns (see ``_flat_forecast_query``)."""
-    query, stamps = _flat_forecast_query(run)
+    query = _flat_forecast_query(run)
     path = folder / ("forecasts.parquet" if symbols > PER_SYMBOL_DATASETS else "forecasts.csv")
     writer = None
     with runtime.engine().connect() as connection, ExitStack() as stack:
         result = connection.execution_options(stream_results=True, yield_per=CSV_CHUNK).execute(query)
         names = list(result.keys())
         for chunk in result.partitions(CSV_CHUNK):
-            frame = _typed_frame(names, chunk, stamps)
+            frame = _typed_frame(names, chunk)
             if path.suffix == ".csv":
                 frame.to_csv(path, mode="a", index=False, header=writer is None)
                 writer = True

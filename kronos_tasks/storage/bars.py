@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from kronos_tasks.data.schema import FEATURES
 
 from .db import upsert, upsert_frame
-from .models import Bar, Instrument, SourceFile
+from .models import Bar, Instrument, SourceFile, bulk_utc, utc_index
 
 
 def _now() -> datetime:
@@ -89,7 +89,9 @@ def read_bars(
     """Bars of one symbol in time order (``ts`` UTC + features), up to ``end`` inclusive; with ``limit``, the last ones."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"read_bars: limit must be a positive integer or None, got {limit!r}.")
-    query = select(Bar.ts, *(getattr(Bar, f) for f in FEATURES)).where(Bar.symbol == symbol, Bar.interval == interval)
+    query = select(bulk_utc(Bar.ts), *(getattr(Bar, f) for f in FEATURES)).where(
+        Bar.symbol == symbol, Bar.interval == interval
+    )
     if end is not None:
         query = query.where(Bar.ts <= end)
     if start is not None:
@@ -99,11 +101,11 @@ def read_bars(
         query = query.limit(limit)
     with engine.connect() as connection:
         rows = connection.execute(query).all()
-    frame = pd.DataFrame(rows, columns=["ts", *FEATURES])
     if limit:
-        frame = frame.iloc[::-1].reset_index(drop=True)
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame
+        rows.reverse()
+    stamps, *features = zip(*rows) if rows else [()] * (1 + len(FEATURES))
+    values = np.array(features, dtype=np.float64).reshape(len(FEATURES), len(rows))  # NULL -> NaN
+    return pd.DataFrame({"ts": utc_index(stamps), **{f: values[i] for i, f in enumerate(FEATURES)}})
 
 
 def instrument(engine: Engine, symbol: str, interval: str) -> Instrument | None:

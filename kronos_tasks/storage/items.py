@@ -8,12 +8,11 @@ few ids and counts however long the watchlist is.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
-    DateTime,
     Engine,
     column,
     delete,
@@ -21,7 +20,6 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
-    type_coerce,
     update,
     values,
 )
@@ -30,7 +28,7 @@ from kronos_tasks.data.schema import FEATURES
 from kronos_tasks.data.watchlist import WatchItem
 
 from .db import insert_rows
-from .models import Bar, RunItem
+from .models import Bar, RunItem, bulk_utc, utc_index
 
 READ_CHUNK = 400  # (symbol, interval) pairs per window query: well under SQLite's bound-parameter limit
 
@@ -144,9 +142,7 @@ def _windows_query(dialect: str, chunk: Sequence[WatchItem], end: datetime, limi
     On PostgreSQL a LATERAL join walks each pair's primary-key index backwards from ``end`` and stops after
     ``limit`` bars; elsewhere a row_number() window ranks every bar of the pairs up to ``end``.
     """
-    # The stored UTC times without UtcDateTime's per-row conversion (utc_index converts them at once).
-    stamp = type_coerce(Bar.ts, DateTime(timezone=True)).label("ts")
-    columns = (Bar.symbol, stamp, *(getattr(Bar, f) for f in FEATURES))
+    columns = (Bar.symbol, bulk_utc(Bar.ts), *(getattr(Bar, f) for f in FEATURES))
     pairs = [(i.symbol, i.interval) for i in chunk]
     if dialect == "postgresql":
         keys = values(
@@ -169,18 +165,3 @@ def _windows_query(dialect: str, chunk: Sequence[WatchItem], end: datetime, limi
         .where(inner.c.rank <= limit)
         .order_by(inner.c.symbol, inner.c.ts)
     )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def utc_index(stamps: Sequence[datetime]) -> pd.DatetimeIndex:
-    """Timestamps as the database returns them (aware, or naive UTC from SQLite) -> a UTC DatetimeIndex.
-
-    Integer microseconds since the epoch, computed per value: pandas' conversion of aware datetime objects
-    checks each one's time zone and costs several times more on the hundreds of thousands of bars a shard reads.
-    """
-    epoch = _EPOCH if stamps and stamps[0].tzinfo is not None else _EPOCH.replace(tzinfo=None)
-    micros = np.fromiter(((s - epoch) // _MICROSECOND for s in stamps), dtype=np.int64, count=len(stamps))
-    return pd.DatetimeIndex(micros.astype("datetime64[us]")).tz_localize("UTC")
