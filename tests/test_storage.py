@@ -274,6 +274,8 @@ def test_batched_window_reads_equal_one_read_per_symbol(engine):
     found = read_windows(engine, items, end, 100)
     assert set(found) == {"GOOG"}  # a_share starts in 2024, NONE has no bars
     pd.testing.assert_frame_equal(found["GOOG"], read_bars(engine, "GOOG", "1d", end=end, limit=100))
+    everything = read_windows(engine, items, end, 10**6)  # every stored bar, in time order
+    pd.testing.assert_frame_equal(everything["GOOG"], read_bars(engine, "GOOG", "1d", end=end))
     later = read_windows(engine, items, datetime(2030, 1, 1, tzinfo=UTC), 64)
     for item in items[:2]:
         pd.testing.assert_frame_equal(later[item.symbol], read_bars(engine, item.symbol, item.interval, limit=64))

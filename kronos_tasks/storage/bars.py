@@ -104,7 +104,7 @@ def read_bars(
     if limit:
         rows.reverse()
     stamps, *features = zip(*rows) if rows else [()] * (1 + len(FEATURES))
-    values = np.array(features, dtype=np.float64).reshape(len(FEATURES), len(rows))  # NULL -> NaN
+    values = np.array(features, dtype=np.float64).reshape(len(FEATURES), len(rows))
     return pd.DataFrame({"ts": utc_index(stamps), **{f: values[i] for i, f in enumerate(FEATURES)}})
 
 

@@ -14,14 +14,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Engine,
-    column,
     delete,
     func,
     select,
-    true,
     tuple_,
     update,
-    values,
 )
 
 from kronos_tasks.data.schema import FEATURES
@@ -120,48 +117,80 @@ def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limi
     query per ``READ_CHUNK`` entries instead of one per symbol. Symbols without bars are left out."""
     found: dict[str, pd.DataFrame] = {}
     for start in range(0, len(items), READ_CHUNK):
-        query = _windows_query(engine.dialect.name, items[start : start + READ_CHUNK], end, limit)
-        with engine.connect() as connection:
-            rows = connection.execute(query).all()  # ordered by symbol, then time
-        if not rows:
-            continue
-        symbols, stamps, *features = zip(*rows)
-        times = utc_index(stamps)
-        values = np.array(features, dtype=np.float64)  # [features, rows]; NULL -> NaN
-        edges = [0, *(np.flatnonzero(np.array(symbols[1:]) != np.array(symbols[:-1])) + 1), len(rows)]
+        chunk = items[start : start + READ_CHUNK]
+        if engine.dialect.name == "postgresql":
+            ordinals, times, values = _array_windows(engine, chunk, end, limit)
+        else:
+            ordinals, times, values = _select_windows(engine, chunk, end, limit)
+        edges = [0, *(np.flatnonzero(np.diff(ordinals)) + 1), len(ordinals)]
         for first, after in zip(edges[:-1], edges[1:]):
-            found[symbols[first]] = pd.DataFrame(
-                {"ts": times[first:after], **{f: values[i, first:after] for i, f in enumerate(FEATURES)}}
-            )
+            if first < after:
+                found[chunk[ordinals[first]].symbol] = pd.DataFrame(
+                    {"ts": times[first:after], **{f: values[i, first:after] for i, f in enumerate(FEATURES)}}
+                )
     return found
 
 
-def _windows_query(dialect: str, chunk: Sequence[WatchItem], end: datetime, limit: int):
-    """The bars of ``read_windows`` for one chunk of entries, ordered by symbol and time.
+def _select_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, limit: int):
+    """``read_windows``' bars of one chunk by a SELECT: (entry ordinals [rows], times [rows], values
+    [features, rows]), each entry's rows together and in time order."""
+    with engine.connect() as connection:
+        rows = connection.execute(_windows_query(chunk, end, limit)).all()
+    if not rows:
+        return np.zeros(0, np.int64), utc_index([]), np.zeros((len(FEATURES), 0))
+    symbols, intervals, stamps, *features = zip(*rows)
+    position = {(item.symbol, item.interval): n for n, item in enumerate(chunk)}
+    ordinals = np.fromiter(map(position.__getitem__, zip(symbols, intervals)), np.int64, len(rows))
+    return ordinals, utc_index(stamps), np.array(features, dtype=np.float64)
 
-    On PostgreSQL a LATERAL join walks each pair's primary-key index backwards from ``end`` and stops after
-    ``limit`` bars; elsewhere a row_number() window ranks every bar of the pairs up to ``end``.
-    """
-    columns = (Bar.symbol, bulk_utc(Bar.ts), *(getattr(Bar, f) for f in FEATURES))
-    pairs = [(i.symbol, i.interval) for i in chunk]
-    if dialect == "postgresql":
-        keys = values(
-            column("symbol", Bar.__table__.c.symbol.type),
-            column("interval", Bar.__table__.c.interval.type),
-            name="keys",
-        ).data(pairs)
-        latest = (
-            select(*columns)
-            .where(Bar.symbol == keys.c.symbol, Bar.interval == keys.c.interval, Bar.ts <= end)
-            .order_by(Bar.ts.desc())
-            .limit(limit)
-            .lateral("latest")
-        )
-        return select(latest).select_from(keys).join(latest, true()).order_by(latest.c.symbol, latest.c.ts)
+
+# On PostgreSQL each entry's window comes back as one row of arrays in the binary protocol, which numpy takes
+# whole, where a row per bar builds a Python object for each of the hundreds of thousands of values a shard
+# reads. The aggregates take the bars in no promised order, but each row of the window feeds all of them
+# at once, so sorting by the times afterwards puts every array in order.
+_WINDOW_ARRAYS = f"""
+SELECT k.ordinal - 1, w.*
+FROM unnest(%(symbols)s::text[], %(intervals)s::text[]) WITH ORDINALITY AS k(symbol, "interval", ordinal)
+CROSS JOIN LATERAL (
+    SELECT array_agg((extract(epoch FROM b.ts) * 1000000)::int8) AS micros,
+        {", ".join(f"array_agg(b.{f}) AS {f}" for f in FEATURES)}
+    FROM (
+        SELECT * FROM bars
+        WHERE bars.symbol = k.symbol AND bars."interval" = k."interval" AND bars.ts <= %(end)s
+        ORDER BY bars.ts DESC LIMIT %(limit)s
+    ) b
+) w
+WHERE w.micros IS NOT NULL
+ORDER BY k.ordinal"""
+
+
+def _array_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, limit: int):
+    """``_select_windows`` on PostgreSQL: one row of arrays per entry."""
+    bind = {"symbols": [i.symbol for i in chunk], "intervals": [i.interval for i in chunk], "end": end, "limit": limit}
+    with engine.connect() as connection, connection.connection.driver_connection.cursor(binary=True) as cursor:
+        rows = cursor.execute(_WINDOW_ARRAYS, bind).fetchall()
+    ordinals, micros, values = [], [], []
+    for ordinal, times, *features in rows:
+        times = np.array(times, dtype=np.int64)
+        order = np.argsort(times)
+        ordinals.append(np.full(len(times), ordinal))
+        micros.append(times[order])
+        values.append(np.array(features, dtype=np.float64)[:, order])  # [features, bars]
+    if not rows:
+        return np.zeros(0, np.int64), utc_index([]), np.zeros((len(FEATURES), 0))
+    times = pd.DatetimeIndex(np.concatenate(micros).astype("datetime64[us]")).tz_localize("UTC")
+    return np.concatenate(ordinals), times, np.concatenate(values, axis=1)
+
+
+def _windows_query(chunk: Sequence[WatchItem], end: datetime, limit: int):
+    """``_select_windows``' query: (symbol, interval, ts, features) ordered by pair and time, the bars ranked
+    by a row_number() window over each (symbol, interval) up to ``end``."""
     rank = func.row_number().over(partition_by=(Bar.symbol, Bar.interval), order_by=Bar.ts.desc()).label("rank")
-    inner = select(*columns, rank).where(tuple_(Bar.symbol, Bar.interval).in_(pairs), Bar.ts <= end).subquery()
+    columns = (Bar.symbol, Bar.interval, bulk_utc(Bar.ts), *(getattr(Bar, f) for f in FEATURES), rank)
+    pairs = [(i.symbol, i.interval) for i in chunk]
+    inner = select(*columns).where(tuple_(Bar.symbol, Bar.interval).in_(pairs), Bar.ts <= end).subquery()
     return (
-        select(inner.c.symbol, inner.c.ts, *(inner.c[f] for f in FEATURES))
+        select(*(c for c in inner.c if c.name != "rank"))
         .where(inner.c.rank <= limit)
-        .order_by(inner.c.symbol, inner.c.ts)
+        .order_by(inner.c.symbol, inner.c.interval, inner.c.ts)
     )
