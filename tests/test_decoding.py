@@ -137,3 +137,45 @@ def test_unknown_method_is_refused():
     batch = make_batch(tokenizer, [5], 2, 16, torch.float32)
     with pytest.raises(ValueError, match="method must be one of"):
         gen.generate_tokens(model, batch, 1, SamplingParams(), torch.tensor([0]), method="fast")
+
+
+@pytest.mark.parametrize("queries_per_group", [1, 2, 3, 100])
+@pytest.mark.parametrize("causal_start", [None, 2])
+def test_shared_prefix_attention_equals_softmax_over_the_concatenated_window(
+    monkeypatch, queries_per_group, causal_start
+):
+    """Each path's query attends to its series' prefix columns inside the window and to its own suffix slots
+    (up to its own slot when causal), in one softmax, whatever the grouping of the queries."""
+    series, heads, prefix_len, head_dim, samples, length = 2, 2, 5, 4, 3, 4
+    g = torch.Generator().manual_seed(0)
+    cache = cache_module.SharedPrefixKV(
+        series, heads, prefix_len, head_dim, samples, 8, dtype=torch.float64, device=torch.device("cpu")
+    )
+    prefix_k, prefix_v = (
+        torch.randn(series, heads, prefix_len, head_dim, generator=g, dtype=torch.float64) for _ in "kv"
+    )
+    cache.set_prefix(prefix_k, prefix_v)
+    rows = series * samples
+    suffix_k, suffix_v = (torch.randn(rows, heads, 6, head_dim, generator=g, dtype=torch.float64) for _ in "kv")
+    cache.write(suffix_k, suffix_v, 0)
+    q = torch.randn(rows, heads, length, head_dim, generator=g, dtype=torch.float64)
+    end = 6
+    per_query = rows * heads * (prefix_len + end)
+    monkeypatch.setattr(cache_module, "SCORES_PER_GROUP", queries_per_group * per_query)
+    unmasked = cache.attend(q, end, causal_start)
+
+    valid = torch.tensor([[False, True, True, True, True], [True] * prefix_len])  # series 0 is left-padded
+    cache.set_prefix_valid(valid)
+    masked = cache.attend(q, end, causal_start)
+
+    for got, window in ((unmasked, torch.ones_like(valid)), (masked, valid)):
+        expected = torch.empty_like(q)
+        for row in range(rows):
+            n = row // samples
+            for t in range(length):
+                seen = end if causal_start is None else causal_start + t + 1
+                keys = torch.cat([prefix_k[n][:, window[n]], suffix_k[row][:, :seen]], dim=1)  # [H, K, hd]
+                vals = torch.cat([prefix_v[n][:, window[n]], suffix_v[row][:, :seen]], dim=1)
+                weights = torch.softmax(keys @ q[row, :, t, :, None] / head_dim**0.5, dim=1)  # [H, K, 1]
+                expected[row, :, t] = (weights * vals).sum(dim=1)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
