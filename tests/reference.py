@@ -286,3 +286,14 @@ def zscores(column: list[float], clip: float) -> list[float]:
 def calendar_features(stamp) -> list[int]:
     """minute, hour, weekday (Monday 0), day of month, month of a wall-clock time."""
     return [stamp.minute, stamp.hour, stamp.weekday(), stamp.day, stamp.month]
+
+
+def sinusoid_table(size: int, d_model: int) -> torch.Tensor:
+    """The fixed time-embedding table: row p, column 2i = sin(p / 10000^(2i/d)), column 2i+1 = cos(same)."""
+    table = torch.zeros(size, d_model, dtype=torch.float64)
+    for p in range(size):
+        for i in range(0, d_model, 2):
+            angle = p / 10000 ** (i / d_model)
+            table[p, i] = math.sin(angle)
+            table[p, i + 1] = math.cos(angle)
+    return table

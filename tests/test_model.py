@@ -347,3 +347,109 @@ def test_config_values_are_checked_at_their_bounds_and_errors_name_the_file():
         {**tokenizer, "n_heads": 5},
         f"{source}: d_model {tokenizer['d_model']} is not divisible by n_heads 5\\.",
     )
+
+
+def test_fixed_time_embeddings_are_the_frozen_sinusoid_table():
+    from kronos_tasks.model.kronos import FixedEmbedding
+
+    fixed = FixedEmbedding(32, 16)
+    torch.testing.assert_close(fixed.emb.weight.double(), reference.sinusoid_table(32, 16), rtol=0, atol=2e-6)
+    assert not fixed.emb.weight.requires_grad
+
+
+def test_rms_norm_of_half_precision_normalises_in_float32():
+    from kronos_tasks.model.layers import RMSNorm
+
+    norm = RMSNorm(16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 16))
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0)) * 1e-3  # small: eps matters
+    want = reference.rms_norm(x, norm.weight.detach()).detach()
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.testing.assert_close(norm(x.to(dtype)).float(), want, rtol=1e-2, atol=0)
+
+
+@pytest.mark.skipif(
+    not (
+        torch.backends.mkldnn.is_available()
+        and sys.platform == "linux"
+        and __import__("platform").machine() == "x86_64"
+    ),
+    reason="oneDNN weight packing is probed on x86-64 Linux builds, where torch ships it",
+)
+def test_float32_linear_layers_use_the_packed_onednn_weight_on_x86():
+    from kronos_tasks.model.layers import ONEDNN_PACKED_LINEAR, Linear
+
+    assert ONEDNN_PACKED_LINEAR  # the probe succeeds on the builds we benchmark (bench/RESULTS.md)
+    layer = Linear(8, 4)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        got = layer(x)
+    assert layer.joined.packed and layer.joined.weight.is_mkldnn
+    torch.testing.assert_close(got, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [lambda: random_model("tiny"), lambda: random_tokenizer("tiny")])
+def test_derived_rotary_buffers_are_those_of_the_attention_layers_upstream_has(build):
+    from kronos_tasks.model.checkpoint import derived_tensors
+
+    module = build()
+    attentions = {name for name, _ in module.named_modules() if name.endswith(("self_attn", "cross_attn"))}
+    rotary = {k.removesuffix(".rotary.inv_freq") for k in derived_tensors(module.config) if k.endswith("inv_freq")}
+    assert rotary == attentions
+
+
+def test_saved_folders_are_hugging_face_checkpoints_and_load_frozen_in_eval_mode(tmp_path):
+    from safetensors import safe_open
+
+    model = random_model("tiny", seed=3)
+    folder = model.save_pretrained(tmp_path / "model")
+    model.save_pretrained(folder)  # saving again into the same folder replaces the files
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # what transformers' loaders require
+    text = (folder / "config.json").read_text()
+    lines = text.splitlines()
+    assert text.endswith("}\n") and lines[0] == "{" and all(line.startswith('  "') for line in lines[1:-1])
+    keys = [line.split('"')[1] for line in lines[1:-1]]
+    assert keys == sorted(keys) and set(keys) == PUBLISHED_MODEL_KEYS
+    loaded = Kronos.from_pretrained(folder)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_a_mismatch_lists_at_most_eight_tensors_of_each_kind(saved_model):
+    path = saved_model / "model.safetensors"
+    tensors = load_file(path)
+    names = sorted(tensors)
+    extra = {f"extra.{i}": torch.zeros(1) for i in range(9)}
+    kept = {k: v for k, v in tensors.items() if k not in names[:9]}
+    save_file({**kept, **extra}, path)
+    with pytest.raises(CheckpointError) as raised:
+        Kronos.from_pretrained(saved_model)
+    missing = sorted(k for k in names[:9] if not k.endswith("inv_freq"))
+    message = str(raised.value)
+    assert f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}, " in message
+    assert f"unexpected tensors {sorted(extra)[:8]} .... Check that config.json belongs to these weights." in message
+    save_file({**tensors, **dict(list(extra.items())[:8])}, path)
+    with pytest.raises(CheckpointError, match=r"missing tensors \[\], unexpected tensors \[.*'extra.7'\]\. Check"):
+        Kronos.from_pretrained(saved_model)
+
+
+def test_checkpoint_errors_say_what_is_wrong_and_what_to_do(tmp_path, saved_model):
+    (saved_model / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json must hold a JSON object of constructor arguments\.$"):
+        Kronos.from_pretrained(saved_model)
+    (saved_model / "config.json").unlink()
+    with pytest.raises(
+        CheckpointError,
+        match=r"config\.json is missing: a checkpoint folder needs config\.json and model\.safetensors "
+        r"\(the layout of the published Hugging Face checkpoints\)\.$",
+    ):
+        Kronos.from_pretrained(saved_model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(MODEL_PRESETS["tiny"]))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing\.$"):
+        Kronos.from_pretrained(empty)
+    (empty / "weights.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"It holds \['weights\.pth'\]: kronos-flow never loads pickled"):
+        Kronos.from_pretrained(empty)
