@@ -453,3 +453,17 @@ def test_checkpoint_errors_say_what_is_wrong_and_what_to_do(tmp_path, saved_mode
     (empty / "weights.pth").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"It holds \['weights\.pth'\]: kronos-flow never loads pickled"):
         Kronos.from_pretrained(empty)
+
+
+def test_random_pairs_are_saved_as_tokenizer_and_model_folders_and_follow_their_seed(tmp_path):
+    from kronos_tasks.model.presets import write_random_pair
+
+    def weights(folders):
+        return [load_file(folder / "model.safetensors") for folder in folders]
+
+    default = write_random_pair(tmp_path / "default")
+    assert default == (tmp_path / "default" / "tokenizer", tmp_path / "default" / "model")
+    assert json.loads((default[1] / "config.json").read_text()) == MODEL_PRESETS["tiny"]
+    for seed, same in ((0, True), (5, False)):
+        for got, want in zip(weights(default), weights(write_random_pair(tmp_path / f"seed{seed}", seed=seed))):
+            assert all(torch.equal(got[k], want[k]) for k in got) == same
