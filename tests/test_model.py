@@ -467,3 +467,13 @@ def test_random_pairs_are_saved_as_tokenizer_and_model_folders_and_follow_their_
     for seed, same in ((0, True), (5, False)):
         for got, want in zip(weights(default), weights(write_random_pair(tmp_path / f"seed{seed}", seed=seed))):
             assert all(torch.equal(got[k], want[k]) for k in got) == same
+
+
+def test_joint_token_ids_carry_s1_in_the_low_bits_and_decode_like_the_halves():
+    tokenizer = random_tokenizer("tiny", seed=5)
+    x = torch.randn(2, 30, 6, generator=torch.Generator().manual_seed(1))
+    s1, s2 = tokenizer.encode(x)
+    joint = tokenizer.encode(x, half=False)
+    bits = tokenizer.s1_bits
+    assert torch.equal(joint, s1 + s2 * 2**bits) and s2.max() > 0
+    torch.testing.assert_close(tokenizer.decode(joint, half=False), tokenizer.decode((s1, s2)), rtol=0, atol=0)
