@@ -486,3 +486,44 @@ def test_joint_token_ids_carry_s1_in_the_low_bits_and_decode_like_the_halves():
     bits = tokenizer.s1_bits
     assert torch.equal(joint, s1 + s2 * 2**bits) and s2.max() > 0
     torch.testing.assert_close(tokenizer.decode(joint, half=False), tokenizer.decode((s1, s2)), rtol=0, atol=0)
+
+
+def test_dropout_modules_exist_only_where_a_probability_is_set():
+    from torch import nn
+
+    from kronos_tasks.model.layers import TransformerBlock, dropout
+
+    assert isinstance(dropout(0.0), nn.Identity) and isinstance(dropout(0.5), nn.Dropout)
+    assert isinstance(dropout(1.0), nn.Dropout) and dropout(0.25).p == 0.25
+    plain = TransformerBlock(16, 2, 32)
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    dropping = TransformerBlock(16, 2, 32, ffn_dropout_p=0.1, resid_dropout_p=0.2)
+    assert (dropping.ffn_dropout.p, dropping.resid_dropout.p) == (0.1, 0.2)
+
+
+@pytest.mark.parametrize("build, presets", [(random_model, MODEL_PRESETS), (random_tokenizer, TOKENIZER_PRESETS)])
+def test_random_modules_are_frozen_seeded_and_scaled_like_trained_ones(build, presets):
+    from torch import nn
+
+    module = build("tiny")
+    assert not module.training and not any(p.requires_grad for p in module.parameters())
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(module.state_dict().values(), build(presets["tiny"], seed=0).state_dict().values())
+    )
+    d_model = presets["tiny"]["d_model"]
+    tables = [m.weight.flatten() for m in module.modules() if isinstance(m, nn.Embedding) and m.weight.numel() > 500]
+    for table in tables:  # drawn with mean 0 and std d_model^-1/2 (the fixed sinusoid table is not drawn)
+        assert abs(table.mean()) < 4 * d_model**-0.5 / table.numel() ** 0.5
+        assert abs(table.std() / d_model**-0.5 - 1) < 0.15
+    assert bool(tables) == (build is random_model)
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    assert any(m.bias is not None for m in linears)
+    assert all(m.bias is None or not m.bias.any() for m in linears)  # xavier weights, zero biases
+
+
+def test_a_bad_tokenizer_config_names_the_constructor():
+    with pytest.raises(ConfigError, match="^KronosTokenizer: "):
+        KronosTokenizer(**{**TOKENIZER_PRESETS["tiny"], "d_model": 0})
+    with pytest.raises(ConfigError, match="^Kronos: "):
+        Kronos(**{**MODEL_PRESETS["tiny"], "d_model": 0})
