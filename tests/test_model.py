@@ -428,15 +428,14 @@ def test_saved_folders_are_hugging_face_checkpoints_and_load_frozen_in_eval_mode
 def test_a_mismatch_lists_at_most_eight_tensors_of_each_kind(saved_model):
     path = saved_model / "model.safetensors"
     tensors = load_file(path)
-    names = sorted(tensors)
+    missing = sorted(k for k in tensors if not k.endswith("inv_freq"))[:9]
     extra = {f"extra.{i}": torch.zeros(1) for i in range(9)}
-    kept = {k: v for k, v in tensors.items() if k not in names[:9]}
+    kept = {k: v for k, v in tensors.items() if k not in missing}
     save_file({**kept, **extra}, path)
     with pytest.raises(CheckpointError) as raised:
         Kronos.from_pretrained(saved_model)
-    missing = sorted(k for k in names[:9] if not k.endswith("inv_freq"))
     message = str(raised.value)
-    assert f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}, " in message
+    assert f"missing tensors {missing[:8]} ..., " in message
     assert f"unexpected tensors {sorted(extra)[:8]} .... Check that config.json belongs to these weights." in message
     save_file({**tensors, **dict(list(extra.items())[:8])}, path)
     with pytest.raises(CheckpointError, match=r"missing tensors \[\], unexpected tensors \[.*'extra.7'\]\. Check"):
@@ -527,3 +526,37 @@ def test_a_bad_tokenizer_config_names_the_constructor():
         KronosTokenizer(**{**TOKENIZER_PRESETS["tiny"], "d_model": 0})
     with pytest.raises(ConfigError, match="^Kronos: "):
         Kronos(**{**MODEL_PRESETS["tiny"], "d_model": 0})
+
+
+def test_dropout_probabilities_reach_the_blocks_they_name():
+    for cls, preset in ((Kronos, MODEL_PRESETS["tiny"]), (KronosTokenizer, TOKENIZER_PRESETS["tiny"])):
+        module = cls(**{**preset, "ffn_dropout_p": 0.1, "resid_dropout_p": 0.2})
+        blocks = [m for m in module.modules() if type(m).__name__ == "TransformerBlock"]
+        assert blocks and all((b.ffn_dropout.p, b.resid_dropout.p) == (0.1, 0.2) for b in blocks)
+
+
+def test_linear_layers_add_their_bias_in_every_dtype():
+    from kronos_tasks.model.layers import Linear
+
+    layer = Linear(8, 4)
+    with torch.no_grad():
+        layer.bias.copy_(torch.arange(4.0))
+    x = torch.randn(3, 8)
+    for dtype in (torch.float32, torch.float64):
+        layer.to(dtype)
+        with torch.no_grad():
+            got = layer(x.to(dtype))
+        torch.testing.assert_close(got, x.to(dtype) @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_the_s2_layer_refuses_s1_of_another_length_and_causal_padded_windows():
+    layer = random_model("tiny").dep_layer
+    d_model = MODEL_PRESETS["tiny"]["d_model"]
+    context = torch.randn(2, 5, d_model)
+    with pytest.raises(ValueError, match=r"^s1 ids must have 1 or 5 positions, got 3\.$"):
+        layer(context, torch.randn(2, 3, d_model))
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(
+        ValueError, match=r"^causal s2 conditioning is for unpadded training windows; pass valid=None\.$"
+    ):
+        layer(context, torch.randn(2, 5, d_model), valid, causal=True)
