@@ -25,7 +25,7 @@ from kronos_tasks.data.schema import FEATURES
 from kronos_tasks.data.watchlist import WatchItem
 
 from .db import insert_rows
-from .models import Bar, RunItem, bulk_utc, utc_index
+from .models import Bar, RunItem, bulk_utc, utc_from_micros, utc_index
 
 READ_CHUNK = 400  # (symbol, interval) pairs per window query: well under SQLite's bound-parameter limit
 
@@ -178,8 +178,7 @@ def _array_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, li
         values.append(np.array(features, dtype=np.float64)[:, order])  # [features, bars]
     if not rows:
         return np.zeros(0, np.int64), utc_index([]), np.zeros((len(FEATURES), 0))
-    times = pd.DatetimeIndex(np.concatenate(micros).astype("datetime64[us]")).tz_localize("UTC")
-    return np.concatenate(ordinals), times, np.concatenate(values, axis=1)
+    return np.concatenate(ordinals), utc_from_micros(np.concatenate(micros)), np.concatenate(values, axis=1)
 
 
 def _windows_query(chunk: Sequence[WatchItem], end: datetime, limit: int):
