@@ -263,3 +263,202 @@ def test_predict_refuses_a_seed_per_series(tiny_pair32, a_share):
     x, x_ts, y_ts = window(a_share, 0, 40, 4)
     with pytest.raises(InputError, match="predict takes one int seed; predict_batch takes one per series"):
         predictor.predict(x, x_ts, y_ts, 4, seed=[1])
+
+
+# --- the predictor's own promises: defaults, wiring of arguments, errors to their last words, progress log ---
+
+
+def test_default_device_prefers_cuda_then_apple_metal_then_cpu(monkeypatch):
+    import types
+
+    from kronos_tasks.inference import predictor as predictor_module
+
+    def torch_with(cuda: bool, mps: bool | None):
+        backends = (
+            types.SimpleNamespace()
+            if mps is None
+            else types.SimpleNamespace(mps=types.SimpleNamespace(is_available=lambda: mps))
+        )
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: cuda), backends=backends)
+
+    for cuda, mps, expected in [
+        (True, True, "cuda:0"),
+        (False, True, "mps"),
+        (False, False, "cpu"),
+        (False, None, "cpu"),  # builds of torch without the Metal backend
+    ]:
+        monkeypatch.setattr(predictor_module, "torch", torch_with(cuda, mps))
+        assert predictor_module.default_device() == expected, (cuda, mps)
+
+
+def test_constructor_defaults_are_upstreams_and_bounds_are_named(tiny_pair32):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer)
+    assert (predictor.max_context, predictor.clip, predictor.batch_size) == (512, 5, 32)
+    assert predictor.device == torch.device("cpu")  # no accelerator on the test machines
+    smallest = KronosPredictor(model, tokenizer, device="cpu", max_context=1, clip=0.5, batch_size=1)
+    assert (smallest.max_context, smallest.clip, smallest.batch_size) == (1, 0.5, 1)
+    refusals = {
+        "max_context must be an integer >= 1, got 0.": {"max_context": 0},
+        "batch_size must be an integer >= 1, got 0.": {"batch_size": 0},
+        "method must be one of ('cached', 'full'), got 'fast'.": {"method": "fast"},
+        "clip must be > 0, got 0.": {"clip": 0},
+    }
+    for message, kwargs in refusals.items():
+        with pytest.raises(InputError) as refused:
+            KronosPredictor(model, tokenizer, device="cpu", **kwargs)
+        assert str(refused.value) == message
+
+
+def test_unseeded_forecasts_draw_their_seed_from_torchs_generator(tiny_pair32, ok_inputs):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    torch.manual_seed(21)
+    drawn = int(torch.randint(0, 2**62, ()).item())
+    torch.manual_seed(21)
+    assert predictor.predict(*ok_inputs, 5, quantiles=[0.5]).seed == drawn
+
+
+def test_predict_defaults_to_one_logged_sample_path(tiny_pair32, ok_inputs, caplog):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
+        default = predictor.predict(*ok_inputs, 5, seed=4, return_samples=True)
+    assert default.samples.shape == (1, 5, 6)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["chunk 1/1"]
+    one = predictor.predict(*ok_inputs, 5, sample_count=1, seed=4, return_samples=True)
+    np.testing.assert_array_equal(default.samples, one.samples)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
+        predictor.predict(*ok_inputs, 5, seed=4, verbose=False)
+    assert caplog.records == []
+
+
+def test_quantiles_without_return_samples_give_a_forecast_without_paths(tiny_pair32, ok_inputs):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    x, x_ts, y_ts = ok_inputs
+    single = predictor.predict(x, x_ts, y_ts, 5, sample_count=4, seed=2, quantiles=[0.5])
+    [batched] = predictor.predict_batch([x], [x_ts], [y_ts], 5, sample_count=4, seed=[2], quantiles=[0.5])
+    for forecast in (single, batched):
+        assert isinstance(forecast, Forecast) and forecast.samples is None
+        assert forecast.quantile(0.5).index.equals(pd.Index(y_ts))
+        assert list(forecast.quantile(0.5).columns) == FEATURES
+    pd.testing.assert_frame_equal(single.quantile(0.5), batched.quantile(0.5))
+
+
+def test_predict_batch_passes_every_sampling_argument_on(tiny_pair32, a_share, caplog):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    x, x_ts, y_ts = window(a_share, 0, 40, 6)
+    for sampling in ({"T": 0.6}, {"top_k": 3}, {"top_p": 0.5}):
+        alone = predictor.predict(x, x_ts, y_ts, 6, sample_count=8, seed=9, return_samples=True, **sampling)
+        default = predictor.predict(x, x_ts, y_ts, 6, sample_count=8, seed=9, return_samples=True)
+        assert not np.array_equal(alone.samples, default.samples), sampling  # the argument changes the draws
+        [batched] = predictor.predict_batch(
+            [x], [x_ts], [y_ts], 6, sample_count=8, seed=[9], return_samples=True, **sampling
+        )
+        np.testing.assert_array_equal(batched.samples, alone.samples)
+    with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
+        [default] = predictor.predict_batch([x], [x_ts], [y_ts], 6, seed=[9], return_samples=True)
+    assert default.samples.shape == (1, 6, 6)
+    assert len(caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
+        predictor.predict_batch([x], [x_ts], [y_ts], 6, seed=[9], verbose=False)
+    assert caplog.records == []
+
+
+def test_forecast_refuses_misshapen_arguments_in_full_words(tiny_pair32, ok_inputs):
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu")
+    x, x_ts, y_ts = ok_inputs
+    sampling = SamplingParams()
+    lists = "df_list, x_timestamp_list and y_timestamp_list must be lists or tuples."
+    refusals = [
+        (lambda: predictor.predict_batch(x, [x_ts], [y_ts], 5), lists),
+        (lambda: predictor.forecast([x], x_ts, [y_ts], 5, sampling, 1, [1], (), ["a"]), lists),
+        (lambda: predictor.forecast([x], [x_ts], y_ts, 5, sampling, 1, [1], (), ["a"]), lists),
+        (
+            lambda: predictor.forecast([x], [x_ts], [y_ts], 5, sampling, 1, [1, 2], (), ["a"]),
+            "give one seed and one label per series: 1 series.",
+        ),
+        (
+            lambda: predictor.forecast([x], [x_ts], [y_ts], 5, sampling, 1, [2**63], (), ["a"]),
+            f"seed of a must be an integer between 0 and {2**63 - 1}, got {2**63}.",
+        ),
+        (
+            lambda: predictor.predict(x, x_ts, y_ts, 5, seed=[1]),
+            "predict takes one int seed; predict_batch takes one per series.",
+        ),
+    ]
+    for call, message in refusals:
+        with pytest.raises(InputError) as refused:
+            call()
+        assert str(refused.value) == message
+    with pytest.raises(InputError, match=r"^df: missing price column"):
+        predictor.predict(x.drop(columns=["close"]), x_ts, y_ts, 5)
+    with pytest.raises(InputError, match=r"^df: y_timestamp: timestamps must increase strictly"):
+        predictor.predict(x, x_ts, y_ts.iloc[::-1], 5)
+    [zero_seed] = predictor.forecast([x], [x_ts], [y_ts], 5, sampling, 1, [0], (), ["a"], verbose=False)
+    assert zero_seed.seed == 0
+
+
+def test_forecast_logs_each_chunk_by_default(tiny_pair32, a_share, caplog, monkeypatch):
+    import types
+
+    from kronos_tasks.inference import predictor as predictor_module
+
+    clock = iter(np.arange(0, 100, 0.5))  # each chunk takes half a second
+    monkeypatch.setattr(predictor_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", batch_size=2)
+    windows = [window(a_share, 100 * i, 30, 4) for i in range(5)]
+    columns = [list(column) for column in zip(*windows)]
+    with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
+        predictor.forecast(*columns, 4, SamplingParams(), 3, [1, 2, 3, 4, 5], (), list("abcde"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "chunk 1/3: 2 series x 3 samples x 4 bars in 0.50 s (48 bars/s, cached)",
+        "chunk 2/3: 2 series x 3 samples x 4 bars in 0.50 s (48 bars/s, cached)",
+        "chunk 3/3: 1 series x 3 samples x 4 bars in 0.50 s (24 bars/s, cached)",
+    ]
+
+
+def test_chunks_group_series_of_similar_length_and_use_the_chosen_method(tiny_pair32, a_share, monkeypatch):
+    from kronos_tasks.inference import predictor as predictor_module
+
+    calls = {"tokenize": [], "generate": [], "decode": []}
+    real = {name: getattr(predictor_module, name) for name in ("tokenize", "generate_tokens", "decode_tokens")}
+
+    def tokenize(tokenizer, values, stamps, future_stamps, max_context):
+        calls["tokenize"].append([len(v) for v in values])
+        return real["tokenize"](tokenizer, values, stamps, future_stamps, max_context)
+
+    def generate_tokens(*args):
+        calls["generate"].append(args[-1])
+        return real["generate_tokens"](*args)
+
+    def decode_tokens(*args):
+        calls["decode"].append(args[-1])
+        return real["decode_tokens"](*args)
+
+    for name, spy in (("tokenize", tokenize), ("generate_tokens", generate_tokens), ("decode_tokens", decode_tokens)):
+        monkeypatch.setattr(predictor_module, name, spy)
+    tokenizer, model = tiny_pair32
+    predictor = KronosPredictor(model, tokenizer, device="cpu", batch_size=2, method="full")
+    lengths = [10, 50, 12, 48]
+    windows = [window(a_share, 0, n, 3) for n in lengths]
+    predictor.predict_batch(*[list(column) for column in zip(*windows)], 3, seed=1, verbose=False)
+    assert calls == {"tokenize": [[50, 48], [12, 10]], "generate": ["full", "full"], "decode": ["full", "full"]}
+
+
+@pytest.mark.parametrize("dtype, kept", [(torch.float32, np.float32), (torch.bfloat16, np.float32)])
+def test_sample_paths_come_back_in_float32_from_single_and_half_precision_models(a_share, dtype, kept):
+    from kronos_tasks.model.presets import random_model, random_tokenizer
+
+    tokenizer, model = random_tokenizer("tiny", seed=11).to(dtype), random_model("tiny", seed=12).to(dtype)
+    x, x_ts, y_ts = window(a_share, 0, 30, 5)
+    forecast = KronosPredictor(model, tokenizer, device="cpu").predict(
+        x, x_ts, y_ts, 5, sample_count=2, seed=1, return_samples=True
+    )
+    assert forecast.samples.dtype == kept and forecast.samples.shape == (2, 5, 6)
