@@ -273,6 +273,7 @@ def test_batched_window_reads_equal_one_read_per_symbol(engine):
     end = datetime(2013, 1, 2, tzinfo=UTC)
     found = read_windows(engine, items, end, 100)
     assert set(found) == {"GOOG"}  # a_share starts in 2024, NONE has no bars
+    assert read_windows(engine, items[1:], end, 100) == {}  # a read where no entry has bars
     pd.testing.assert_frame_equal(found["GOOG"], read_bars(engine, "GOOG", "1d", end=end, limit=100))
     everything = read_windows(engine, items, end, 10**6)  # every stored bar, in time order
     pd.testing.assert_frame_equal(everything["GOOG"], read_bars(engine, "GOOG", "1d", end=end))

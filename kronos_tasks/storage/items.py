@@ -131,13 +131,18 @@ def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limi
     return found
 
 
+def _no_bars():
+    """A chunk's window arrays when none of its entries has bars."""
+    return np.zeros(0, np.int64), utc_index([]), np.zeros((len(FEATURES), 0))
+
+
 def _select_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, limit: int):
     """``read_windows``' bars of one chunk by a SELECT: (entry ordinals [rows], times [rows], values
     [features, rows]), each entry's rows together and in time order."""
     with engine.connect() as connection:
         rows = connection.execute(_windows_query(chunk, end, limit)).all()
     if not rows:
-        return np.zeros(0, np.int64), utc_index([]), np.zeros((len(FEATURES), 0))
+        return _no_bars()
     symbols, intervals, stamps, *features = zip(*rows)
     position = {(item.symbol, item.interval): n for n, item in enumerate(chunk)}
     ordinals = np.fromiter(map(position.__getitem__, zip(symbols, intervals)), np.int64, len(rows))
@@ -177,7 +182,7 @@ def _array_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, li
         micros.append(times[order])
         values.append(np.array(features, dtype=np.float64)[:, order])  # [features, bars]
     if not rows:
-        return np.zeros(0, np.int64), utc_index([]), np.zeros((len(FEATURES), 0))
+        return _no_bars()
     return np.concatenate(ordinals), utc_from_micros(np.concatenate(micros)), np.concatenate(values, axis=1)
 
 
