@@ -322,6 +322,7 @@ def test_unseeded_forecasts_draw_their_seed_from_torchs_generator(tiny_pair32, o
 def test_predict_defaults_to_one_logged_sample_path(tiny_pair32, ok_inputs, caplog):
     tokenizer, model = tiny_pair32
     predictor = KronosPredictor(model, tokenizer, device="cpu")
+    caplog.clear()
     with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
         default = predictor.predict(*ok_inputs, 5, seed=4, return_samples=True)
     assert default.samples.shape == (1, 5, 6)
@@ -359,6 +360,7 @@ def test_predict_batch_passes_every_sampling_argument_on(tiny_pair32, a_share, c
             [x], [x_ts], [y_ts], 6, sample_count=8, seed=[9], return_samples=True, **sampling
         )
         np.testing.assert_array_equal(batched.samples, alone.samples)
+    caplog.clear()  # only what the calls below log
     with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
         [default] = predictor.predict_batch([x], [x_ts], [y_ts], 6, seed=[9], return_samples=True)
     assert default.samples.shape == (1, 6, 6)
@@ -415,6 +417,7 @@ def test_forecast_logs_each_chunk_by_default(tiny_pair32, a_share, caplog, monke
     predictor = KronosPredictor(model, tokenizer, device="cpu", batch_size=2)
     windows = [window(a_share, 100 * i, 30, 4) for i in range(5)]
     columns = [list(column) for column in zip(*windows)]
+    caplog.clear()
     with caplog.at_level("INFO", logger="kronos_tasks.inference.predictor"):
         predictor.forecast(*columns, 4, SamplingParams(), 3, [1, 2, 3, 4, 5], (), list("abcde"))
     assert [r.getMessage() for r in caplog.records] == [
