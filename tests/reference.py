@@ -297,3 +297,18 @@ def sinusoid_table(size: int, d_model: int) -> torch.Tensor:
             table[p, i] = math.sin(angle)
             table[p, i + 1] = math.cos(angle)
     return table
+
+
+def isotonic_values(x, y) -> tuple[list[float], list[float]]:
+    """The least-squares non-decreasing fit of y on x at each distinct x, by the max-min formula (Barlow et al.,
+    1972): the fit at the i-th distinct x is the max over j <= i of the min over k >= i of the mean of the y
+    observed at the distinct x from the j-th to the k-th. -> (distinct x ascending, fitted values)."""
+    xs = sorted(set(float(v) for v in x))
+    sums = [sum(float(b) for a, b in zip(x, y) if float(a) == u) for u in xs]
+    counts = [sum(1 for a in x if float(a) == u) for u in xs]
+    n = len(xs)
+    fitted = [
+        max(min(sum(sums[j : k + 1]) / sum(counts[j : k + 1]) for k in range(i, n)) for j in range(i + 1))
+        for i in range(n)
+    ]
+    return xs, fitted

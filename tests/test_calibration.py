@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import reference
 from kronos_tasks.evaluation.calibration import (
     MIN_PROBABILITY_POINTS,
     Calibration,
@@ -206,3 +207,122 @@ def test_daily_rows_get_baseline_and_calibrated_bands_on_close_only():
         {"0.1": 90 - 2 * unit1, "0.5": 100.0, "0.9": 110 + 2 * unit1}  # its own shifts, not the pooled ones
     )
     assert all(r["calibrated_quantiles"] is None for r in pooled + own if r["feature"] == "volume")
+
+
+def _blocks(knots: list[float], values: list[float]) -> list[tuple[float, float, float]]:
+    """(first x, last x, value) per block of an isotonic fit."""
+    assert len(knots) == len(values) and len(knots) % 2 == 0
+    assert values[0::2] == values[1::2]
+    return list(zip(knots[0::2], knots[1::2], values[0::2]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_isotonic_fit_equals_the_max_min_formula_with_tied_x_pooled_in_any_row_order(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 17, 300) / 16  # raw P(up) of 16 sample paths: 17 values, many ties
+    y = (rng.random(300) < 0.2 + 0.6 * x).astype(float)
+    blocks = _blocks(*isotonic(x, y))
+    xs, fitted = reference.isotonic_values(x, y)
+    for u, expected in zip(xs, fitted):  # each distinct x in exactly one block, at the reference's value
+        [value] = [v for first, last, v in blocks if first <= u <= last]
+        assert value == pytest.approx(expected, abs=1e-12)
+    assert [b[0] for b in blocks][0] == xs[0] and blocks[-1][1] == xs[-1]
+    for (_, last, value), (first, _, after) in zip(blocks, blocks[1:]):
+        assert last < first and value < after  # maximal blocks, strictly rising
+    order = rng.permutation(len(x))
+    assert isotonic(x[order], y[order]) == isotonic(x, y)
+
+
+def test_isotonic_fit_of_flat_and_single_point_data_is_one_block():
+    assert isotonic(np.array([0.3, 0.1, 0.2]), np.array([1.0, 1.0, 1.0])) == ([0.1, 0.3], [1.0, 1.0])
+    assert isotonic(np.array([0.5, 0.5, 0.25]), np.array([1.0, 0.0, 1.0])) == ([0.25, 0.5], [2 / 3, 2 / 3])
+    assert isotonic(np.array([0.4]), np.array([0.0])) == ([0.4, 0.4], [0.0, 0.0])
+
+
+def test_stored_description_names_its_format_and_method_and_reads_back():
+    calibration = fit(rows(120, np.random.default_rng(4)), LEVELS, "kronos-small", "1d")
+    stored = calibration.describe()
+    assert stored["format"] == 1
+    assert stored["method"] == ("split-conformal per band and step (CQR) on scores / recent spread; isotonic P(up)")
+    assert set(stored) == {
+        "format", "method", "model", "interval", "levels", "steps", "shifts", "counts", "probability", "fitted_on"
+    }  # fmt: skip
+    assert Calibration.from_dict(stored) == calibration
+    assert (stored["model"], stored["interval"], stored["levels"], stored["steps"]) == ("kronos-small", "1d", LEVELS, 1)
+
+
+def test_split_cuts_at_the_middle_origin_across_time_zones():
+    data = rows(5, np.random.default_rng(5), steps=2)
+    fit_rows, evaluation, cut = split(data)
+    origins = sorted(data["origin_ts"].unique())
+    assert cut == origins[2]  # five origins: the third
+    assert set(evaluation["origin_ts"]) == set(origins[3:])
+    # everything known by the cut: step 1 of the first two origins reaches it exactly, step 2 of the second too
+    known = data[data["target_ts"] <= origins[2]]
+    assert len(known) == 3 and fit_rows.equals(known)
+    zones = data.assign(
+        origin_ts=[
+            t.tz_convert("America/New_York" if i % 2 else "Asia/Shanghai") for i, t in enumerate(data["origin_ts"])
+        ],
+        target_ts=[t.tz_convert("Europe/London") for t in data["target_ts"]],
+    )  # symbols of several exchanges pooled, each in its own zone
+    zoned_fit, zoned_evaluation, zoned_cut = split(zones)
+    assert zoned_cut == cut and str(zoned_cut.tz) == "UTC"
+    assert zoned_fit.index.equals(fit_rows.index) and zoned_evaluation.index.equals(evaluation.index)
+
+
+def _crps_normal(mean, sd, actual) -> float:
+    z = (actual - mean) / sd
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    pdf = np.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
+    return float(np.mean(sd * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))))
+
+
+@pytest.mark.parametrize("symbols, origins", [(["S"], 60), (["A", "B"], 110)])
+def test_holdout_report_scores_the_later_half_with_the_fit_of_the_earlier(symbols, origins):
+    from kronos_tasks.evaluation.backtest import band_scores
+
+    rng = np.random.default_rng(6)
+    data = pd.concat([rows(origins, rng, steps=2).assign(symbol=s) for s in symbols], ignore_index=True)
+    data["crps"] = rng.uniform(0.5, 2.0, len(data))
+    for q, z in zip(LEVELS, (-1.2816, 0.0, 1.2816)):
+        data[f"hv_q{q:g}"] = data["last"] * (1 + 0.015 * z)
+    data.loc[data.index[-7:], "actual"] = data["last"]  # unchanged closes count as not up
+    report = holdout(data, LEVELS, "m", "1d")
+
+    fit_rows, evaluation, cut = split(data)
+    calibrated = apply(evaluation, fit(fit_rows, LEVELS, "m", "1d"))
+    up = (evaluation["actual"] > evaluation["last"]).to_numpy(float)
+    middle = (origins - 1) // 2  # the cut: origins before it have both steps' outcomes known by then
+    assert report == {
+        "cut": cut.isoformat(),
+        "fit_origins": middle * len(symbols),
+        "evaluated_origins": (origins - 1 - middle) * len(symbols),
+        "scope": "pooled" if middle < 50 else "per symbol: A, B",  # 50 origins of a symbol: its own fit
+        "raw": band_scores(evaluation, LEVELS),
+        "calibrated": band_scores(calibrated, LEVELS),
+        "histvol": band_scores(evaluation, LEVELS, "hv_"),
+        "brier": {
+            "raw": pytest.approx(float(np.mean((evaluation["p_up"].to_numpy() - up) ** 2))),
+            "calibrated": pytest.approx(float(np.mean((calibrated["p_up"].to_numpy() - up) ** 2))),
+            "persistence": 0.25,
+        },
+        "crps": {
+            "model": pytest.approx(evaluation["crps"].mean()),
+            "histvol": pytest.approx(
+                _crps_normal(
+                    evaluation["last"].to_numpy(), evaluation["hv_sd"].to_numpy(), evaluation["actual"].to_numpy()
+                )
+            ),
+            "persistence": pytest.approx(float(np.mean(np.abs(evaluation["last"] - evaluation["actual"])))),
+        },
+    }
+    assert report["histvol"] != report["raw"]
+
+
+def test_holdout_refuses_rows_with_nothing_known_by_the_cut():
+    data = rows(9, np.random.default_rng(7))
+    data["target_ts"] = data["origin_ts"] + pd.Timedelta(days=30)  # every outcome after the middle origin
+    with pytest.raises(ValueError) as refused:
+        holdout(data, LEVELS, "m", "1d")
+    assert str(refused.value) == "a calibration holdout needs origins on both sides of the middle one"

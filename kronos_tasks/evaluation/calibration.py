@@ -83,23 +83,25 @@ def band_offset(group: pd.DataFrame, low: float, high: float) -> float | None:
 
 
 def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
-    """Non-decreasing least-squares fit of y on x (pool-adjacent violators) -> (knots x, fitted values)."""
-    order = np.argsort(x, kind="stable")
-    xs, ys = x[order], y[order].astype(float)
-    blocks: list[list[float]] = []  # [sum of y, count, last x]
-    for xi, yi in zip(xs, ys):
-        blocks.append([yi, 1.0, xi])
+    """Non-decreasing least-squares fit of y on x (pool-adjacent violators) -> (knots x, fitted values).
+
+    Points at one x share one fitted value, so the fit does not depend on the order of the rows (raw P(up)
+    takes few distinct values: a share of the sample paths). Each block of one fitted value gives two knots,
+    its first and its last x; fitted values rise strictly from block to block."""
+    xs, which, counts = np.unique(np.asarray(x, float), return_inverse=True, return_counts=True)
+    sums = np.bincount(which, weights=np.asarray(y, float), minlength=len(xs))
+    blocks: list[list[float]] = []  # [sum of y, count, first x index, last x index]
+    for i in range(len(xs)):
+        blocks.append([sums[i], counts[i], i, i])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            total, count, last = blocks.pop()
+            total, count, _, last = blocks.pop()
             blocks[-1][0] += total
             blocks[-1][1] += count
-            blocks[-1][2] = last
-    knots, values, start = [], [], 0
-    for total, count, last in blocks:
-        first = xs[start]
-        knots += [float(first), float(last)]
-        values += [total / count] * 2
-        start += int(count)
+            blocks[-1][3] = last
+    knots, values = [], []
+    for total, count, first, last in blocks:
+        knots += [float(xs[first]), float(xs[last])]
+        values += [float(total / count)] * 2
     return knots, values
 
 
