@@ -504,12 +504,11 @@ def test_dropout_modules_exist_only_where_a_probability_is_set():
 def test_random_modules_are_frozen_seeded_and_scaled_like_trained_ones(build, presets):
     from torch import nn
 
-    module = build("tiny")
+    module = build()  # the defaults: the tiny preset, seed 0
     assert not module.training and not any(p.requires_grad for p in module.parameters())
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(module.state_dict().values(), build(presets["tiny"], seed=0).state_dict().values())
-    )
+    for same in (build("tiny"), build(presets["tiny"], seed=0)):
+        assert module.config == same.config
+        assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), same.state_dict().values()))
     d_model = presets["tiny"]["d_model"]
     tables = [m.weight.flatten() for m in module.modules() if isinstance(m, nn.Embedding) and m.weight.numel() > 500]
     for table in tables:  # drawn with mean 0 and std d_model^-1/2 (the fixed sinusoid table is not drawn)

@@ -120,3 +120,9 @@ def test_seed_derivation_is_stable_in_range_and_distinct_per_key(base, keys):
     assert seeds == [derive_seed(base, key) for key in keys]  # stable
     assert all(0 <= s < 2**63 for s in seeds) and len(set(seeds)) == len(seeds)
     assert derive_seed(base, keys[0]) != derive_seed(base + 1, keys[0])
+
+
+def test_derived_seeds_span_all_63_bits():
+    seeds = [derive_seed(2024, key) for key in range(256)]
+    assert max(seeds) >= 2**62  # a derivation that drops a bit never reaches the top half (chance 2**-256)
+    assert max(seeds) < 2**63 and min(seeds) >= 0

@@ -109,8 +109,29 @@ def test_inverse_cdf_never_picks_a_filtered_token_even_at_u_equal_one():
         ({"top_k": 1.5}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.2}, "top_p"),
+        ({"T": True}, "T"),  # a bool is not a number here, though Python counts it as one
+        ({"top_p": True}, "top_p"),
     ],
 )
 def test_bad_sampling_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)
+
+
+def test_quantile_levels_are_checked_to_the_last_word():
+    from kronos_tasks.inference.params import InputError, check_quantiles
+
+    assert check_quantiles(None) == () and check_quantiles([0.9, 0.1]) == (0.9, 0.1)
+    assert check_quantiles(np.array([0.25])) == (0.25,)
+    refusals = {
+        "quantiles must be a list of numbers such as [0.1, 0.5, 0.9], got '0.5'.": "0.5",
+        "quantiles must be a list of numbers such as [0.1, 0.5, 0.9], got 0.5.": 0.5,
+        "quantiles must lie strictly between 0 and 1, got 0.0.": [0.0, 0.5],
+        "quantiles must lie strictly between 0 and 1, got 1.": [0.5, 1],
+        "quantiles must lie strictly between 0 and 1, got True.": [True],
+        "quantiles must be distinct, got [0.5, 0.1, 0.5].": [0.5, 0.1, 0.5],
+    }
+    for message, levels in refusals.items():
+        with pytest.raises(InputError) as refused:
+            check_quantiles(levels)
+        assert str(refused.value) == message
