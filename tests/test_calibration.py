@@ -11,6 +11,7 @@ import pytest
 
 import reference
 from kronos_tasks.evaluation.calibration import (
+    MIN_ORIGINS_PER_SYMBOL,
     MIN_PROBABILITY_POINTS,
     Calibration,
     annotate,
@@ -264,7 +265,7 @@ def test_split_cuts_at_the_middle_origin_across_time_zones():
         origin_ts=[
             t.tz_convert("America/New_York" if i % 2 else "Asia/Shanghai") for i, t in enumerate(data["origin_ts"])
         ],
-        target_ts=[t.tz_convert("Europe/London") for t in data["target_ts"]],
+        target_ts=[t.tz_convert("Europe/London" if i % 3 else "Asia/Tokyo") for i, t in enumerate(data["target_ts"])],
     )  # symbols of several exchanges pooled, each in its own zone
     zoned_fit, zoned_evaluation, zoned_cut = split(zones)
     assert zoned_cut == cut and str(zoned_cut.tz) == "UTC"
@@ -326,3 +327,75 @@ def test_holdout_refuses_rows_with_nothing_known_by_the_cut():
     with pytest.raises(ValueError) as refused:
         holdout(data, LEVELS, "m", "1d")
     assert str(refused.value) == "a calibration holdout needs origins on both sides of the middle one"
+
+
+def test_rank_boundaries_of_the_offsets():
+    assert conformal_offset(np.arange(1.0, 11.0), 0.5) == 6.0  # n = 10: ceil(11 x 0.5) = 6th (the median rounds up)
+    assert conformal_offset(np.arange(1.0, 19.0), 0.1) == 1.0  # n = 18: floor(19 x 0.1) = 1st
+    from kronos_tasks.evaluation.calibration import band_offset
+
+    group = pd.DataFrame(
+        {"last": 10.0, "step": 1, "hv_sd": 10.0, "actual": [7.0, 9.0, 6.0], "q0.45": 5.0, "q0.55": 5.0}
+    )
+    assert band_offset(group, 0.45, 0.55) == pytest.approx(0.1)  # n = 3: ceil(4 x 0.1) = 1st of 0.1, 0.2, 0.4
+
+
+def test_fit_records_what_it_saw_and_fits_every_step_and_level_it_can():
+    rng = np.random.default_rng(8)
+    data = rows(MIN_ORIGINS_PER_SYMBOL, rng, steps=3)  # exactly the origins a symbol needs for its own scope
+    data = data[data["step"] != 2]  # a horizon without outcomes yet
+    data.loc[data.index[:5], "actual"] = data["last"]  # unchanged closes: not up
+    calibration = fit(data, LEVELS, "m", "1d")
+    assert calibration.counts == {"*": MIN_ORIGINS_PER_SYMBOL, "S": MIN_ORIGINS_PER_SYMBOL}
+    assert calibration.fitted_on == {
+        "origins": MIN_ORIGINS_PER_SYMBOL,
+        "points": len(data),
+        "symbols": ["S"],
+        "first_origin": data["origin_ts"].min().isoformat(),
+        "last_origin": data["origin_ts"].max().isoformat(),
+        "last_target": data["target_ts"].max().isoformat(),
+        "per_symbol": ["S"],
+    }
+    for scope in ("*", "S"):
+        for level in ("0.1", "0.5", "0.9"):
+            shifts = calibration.shifts[scope][level]
+            assert shifts[1] is None and shifts[0] is not None and shifts[2] is not None, (scope, level)
+        for step in (1, 3):  # the median's one-sided shift, step by step
+            group = data[data["step"] == step]
+            residuals = ((group["actual"] - group["q0.5"]) / (group["hv_sd"])).to_numpy(float)
+            assert calibration.shifts[scope]["0.5"][step - 1] == pytest.approx(conformal_offset(residuals, 0.5))
+    # P(up) from exactly the minimum number of points, unchanged closes counted as not up
+    assert len(data) == MIN_PROBABILITY_POINTS and calibration.probability is not None
+    outcome = (data["actual"] > data["last"]).to_numpy(float)
+    assert calibration.probability == dict(zip(("x", "y"), isotonic(data["p_up"].to_numpy(), outcome)))
+    assert fit(data.iloc[:-1], LEVELS, "m", "1d").probability is None  # below the minimum: the identity
+
+
+def test_bands_without_enough_origins_stay_raw_and_unknown_levels_or_steps_are_left_raw():
+    few = fit(rows(3, np.random.default_rng(9)), LEVELS, "m", "1d")  # ceil(4 x 0.8) = 4 > 3 origins
+    assert few.shifts["*"]["0.1"] == [None] and few.shifts["*"]["0.9"] == [None]
+    assert few.quantile("S", 0.9, 1, raw=101.0, unit=2.0) == 101.0
+    calibration = fit(rows(60, np.random.default_rng(10)), LEVELS, "m", "1d")
+    shift = calibration.shifts["S"]["0.9"][0]
+    assert calibration.quantile("S", 0.9, 1, raw=100.0, unit=2.0) == pytest.approx(100.0 + 2.0 * shift)
+    assert calibration.quantile("S", 0.25, 1, raw=100.0, unit=2.0) == 100.0  # a level not fitted
+    assert calibration.quantile("S", 0.9, 2, raw=100.0, unit=2.0) == 100.0  # a step beyond the fitted ones
+
+
+def test_apply_uses_each_symbols_own_scope_and_keeps_the_raw_values():
+    rng = np.random.default_rng(11)
+    own = rows(60, rng).assign(symbol="OWN")
+    pooled_only = rows(20, rng, start="2024-03-01").assign(symbol="FEW")
+    calibration = fit(pd.concat([own, pooled_only], ignore_index=True), LEVELS, "m", "1d")
+    assert set(calibration.shifts) == {"*", "OWN"}
+    assert calibration.shifts["OWN"]["0.9"] != calibration.shifts["*"]["0.9"]
+    test = pd.concat([own.iloc[:3], pooled_only.iloc[:3]], ignore_index=True)
+    out = apply(test, calibration)
+    units = test["hv_sd"].to_numpy()  # last x sigma x sqrt(1): the spread of a one-step forecast
+    for i, symbol in enumerate(test["symbol"]):
+        scope = "OWN" if symbol == "OWN" else "*"
+        expected = sorted(test[f"q{q:g}"].iat[i] + calibration.shifts[scope][f"{q:g}"][0] * units[i] for q in LEVELS)
+        assert out.loc[i, ["q0.1", "q0.5", "q0.9"]].tolist() == pytest.approx(expected)
+    pd.testing.assert_series_equal(out["raw_p_up"], test["p_up"], check_names=False)
+    assert out["p_up"].tolist() == [calibration.prob_up(p) for p in test["p_up"]]
+    assert out["raw_q0.9"].tolist() == test["q0.9"].tolist()
