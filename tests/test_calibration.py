@@ -385,9 +385,9 @@ def test_bands_without_enough_origins_stay_raw_and_unknown_levels_or_steps_are_l
 def test_apply_uses_each_symbols_own_scope_and_keeps_the_raw_values():
     rng = np.random.default_rng(11)
     own = rows(60, rng).assign(symbol="OWN")
-    pooled_only = rows(20, rng, start="2024-03-01").assign(symbol="FEW")
+    pooled_only = rows(45, rng, start="2024-03-01").assign(symbol="FEW")
     calibration = fit(pd.concat([own, pooled_only], ignore_index=True), LEVELS, "m", "1d")
-    assert set(calibration.shifts) == {"*", "OWN"}
+    assert set(calibration.shifts) == {"*", "OWN"} and calibration.probability is not None
     assert calibration.shifts["OWN"]["0.9"] != calibration.shifts["*"]["0.9"]
     test = pd.concat([own.iloc[:3], pooled_only.iloc[:3]], ignore_index=True)
     out = apply(test, calibration)
@@ -397,5 +397,5 @@ def test_apply_uses_each_symbols_own_scope_and_keeps_the_raw_values():
         expected = sorted(test[f"q{q:g}"].iat[i] + calibration.shifts[scope][f"{q:g}"][0] * units[i] for q in LEVELS)
         assert out.loc[i, ["q0.1", "q0.5", "q0.9"]].tolist() == pytest.approx(expected)
     pd.testing.assert_series_equal(out["raw_p_up"], test["p_up"], check_names=False)
-    assert out["p_up"].tolist() == [calibration.prob_up(p) for p in test["p_up"]]
+    assert out["p_up"].tolist() == [calibration.prob_up(p) for p in test["p_up"]] != test["p_up"].tolist()
     assert out["raw_q0.9"].tolist() == test["q0.9"].tolist()
