@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SAMPLE_DATA
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.errors import ParamsError
 from kronos_tasks.evaluation.backtest import score_rows
@@ -370,3 +371,48 @@ def test_forecasts_artifact_flattens_every_band_with_one_schema_across_chunks(
                 assert got.astype(str).tolist() == want.astype(str).tolist(), column
     assert parquet["series_seed"].dtype == np.int64 and parquet["calibrated_prob_above_last"].dtype == np.float64
     runtime.engine_for.cache_clear()
+
+
+def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(kronos_env, tiny_checkpoints, monkeypatch):
+    from sqlalchemy import select
+
+    from kronos_tasks.pipeline import runtime
+    from kronos_tasks.pipeline.ingest import ingest_file
+    from kronos_tasks.registry import Registry
+    from kronos_tasks.storage import item_failures, make_engine, upgrade
+    from kronos_tasks.storage.models import StagedForecast, StagedWindow
+
+    engine = make_engine(kronos_env.db_url)
+    upgrade(engine)
+    Registry(kronos_env).register(*tiny_checkpoints[0], alias="champion", trained=False)
+    symbols = ["A", "B", "NONE", "C", "D"]  # NONE has no bars: it fails (as stale) in the middle chunk
+    for symbol in symbols:
+        if symbol != "NONE":
+            ingest_file(engine, SAMPLE_DATA / "GOOG_1d.csv", symbol=symbol, interval="1d", exchange="XNYS")
+    entries = [{"symbol": s, "exchange": "XNYS", "interval": "1d"} for s in symbols]
+    params = {"pred_len": 3, "sample_count": 2, "lookback": 64}
+    run = daily.plan(params, "2013-03-01T21:30:00+00:00", "dag", watchlist=entries, forecast_shards=1)
+
+    def staged() -> tuple[list, list]:
+        with runtime.engine().connect() as connection:
+            rows = connection.execute(
+                select(StagedForecast.symbol, StagedForecast.feature, StagedForecast.step, StagedForecast.mean)
+                .where(StagedForecast.run_id == run.run_id)
+                .order_by(StagedForecast.symbol, StagedForecast.feature, StagedForecast.step)
+            ).all()
+            windows = connection.execute(
+                select(StagedWindow.symbol, StagedWindow.sha256).where(StagedWindow.run_id == run.run_id)
+            ).all()
+        return rows, sorted(windows)
+
+    monkeypatch.setattr(daily, "FORECAST_CHUNK", 2)  # three chunks: A B | NONE C | D
+    result = daily.forecast(run, 0)
+    assert (result.ok, result.failed, result.bars) == (4, 1, 4 * 2 * 3)
+    chunked = staged()
+    assert len(chunked[0]) == 4 * 6 * 3 and [w[0] for w in chunked[1]] == ["A", "B", "C", "D"]
+    assert [f[:2] for f in item_failures(engine, run.run_id)] == [("NONE", "stale")]
+    daily.forecast(run, 0)  # a retry of the shard: replaced, not added to
+    assert staged() == chunked
+    monkeypatch.setattr(daily, "FORECAST_CHUNK", 500)
+    daily.forecast(run, 0)  # the whole shard at once stages the same rows
+    assert staged() == chunked

@@ -52,6 +52,7 @@ class RunFailed(KronosFlowError, RuntimeError):
 
 MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default: the most mapped tasks one task may feed
 FAILURES_SHOWN = 10  # failures a RunSummary carries (all of them are in the database)
+FORECAST_CHUNK = 500  # a forecast shard's entries read, decoded and staged at a time
 
 
 def default_shards(settings) -> int:
@@ -192,8 +193,9 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     recorded in the run's entries, not raised.
 
     The pinned versions are fetched (or taken from the cache) on this worker and checked against the
-    checksums pinned by the plan. All windows of the shard come from one batched read; future bar times and
-    freshness are computed once per calendar, interval and recent bar times.
+    checksums pinned by the plan. Entries are read (one query per chunk), decoded and staged in chunks of
+    ``FORECAST_CHUNK``; future bar times and freshness are computed once per calendar, interval and recent
+    bar times.
     """
     from kronos_tasks.data.calendar_cache import CalendarCache
     from kronos_tasks.data.freshness import StaleData
@@ -217,50 +219,60 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     reset_shard(engine, run.run_id, shard, ("stale", "window", "forecast"))
     items = shard_items(engine, run.run_id, shard)
     origin = runtime.utc(run.origin)
-    history = read_windows(engine, items, origin, params.lookback)
-    failed: dict[str, tuple[str, str]] = {}
-    windows = []
     calendars = CalendarCache(run.max_staleness, params.pred_len)
-    for item in items:
-        bars = history.get(item.symbol)
-        if bars is None:
-            bars = pd.DataFrame({"ts": pd.DatetimeIndex([], tz="UTC"), **{f: pd.Series(dtype=float) for f in FEATURES}})
-        try:
-            calendars.check_fresh(item, bars["ts"], pd.Timestamp(origin))
-            windows.append(make_window(item, bars, params, pair.max_context, calendars.future))
-        except StaleData as exc:
-            failed[item.symbol] = ("stale", str(exc))
-        except DataError as exc:
-            failed[item.symbol] = ("window", str(exc))
-    read = time.perf_counter()
-    predicted, errors = predict_windows(predictor, windows, params, run.seed)
-    failed.update({symbol: ("forecast", reason) for symbol, reason in errors.items()})
-    forecast_seconds = time.perf_counter() - read
     calibrations = {
         interval: Calibration.from_dict(calibration_content(engine, sha)) for interval, sha in run.calibrations.items()
     }
-    rows = [
-        row
-        for window in windows
-        if window.symbol in predicted
-        for row in annotate(
-            forecast_rows(run.run_id, window, predicted[window.symbol]),
-            window.bars["close"].to_numpy(float),
-            calibrations.get(window.item.interval),
-            params.quantiles,
-        )
-    ]
-    done = [w.record() for w in windows if w.symbol in predicted]
-    stage_forecasts(engine, run.run_id, f"shard-{shard:04d}", rows, done)
+    failed: dict[str, tuple[str, str]] = {}
+    ok, read_seconds, forecast_seconds = 0, 0.0, 0.0
+    # Entries go through reading, decoding and staging FORECAST_CHUNK at a time, so a shard's memory does not
+    # grow with its size; an empty shard still replaces what an earlier attempt of it staged.
+    for start in range(0, len(items), FORECAST_CHUNK) or [0]:
+        began = time.perf_counter()
+        windows = []
+        chunk = items[start : start + FORECAST_CHUNK]
+        history = read_windows(engine, chunk, origin, params.lookback)
+        for item in chunk:
+            bars = history.pop(item.symbol, None)
+            if bars is None:
+                bars = pd.DataFrame(
+                    {"ts": pd.DatetimeIndex([], tz="UTC"), **{f: pd.Series(dtype=float) for f in FEATURES}}
+                )
+            try:
+                calendars.check_fresh(item, bars["ts"], pd.Timestamp(origin))
+                windows.append(make_window(item, bars, params, pair.max_context, calendars.future))
+            except StaleData as exc:
+                failed[item.symbol] = ("stale", str(exc))
+            except DataError as exc:
+                failed[item.symbol] = ("window", str(exc))
+        read = time.perf_counter()
+        predicted, errors = predict_windows(predictor, windows, params, run.seed)
+        forecast_seconds += time.perf_counter() - read
+        read_seconds += read - began
+        failed.update({symbol: ("forecast", reason) for symbol, reason in errors.items()})
+        rows = [
+            row
+            for window in windows
+            if window.symbol in predicted
+            for row in annotate(
+                forecast_rows(run.run_id, window, predicted[window.symbol]),
+                window.bars["close"].to_numpy(float),
+                calibrations.get(window.item.interval),
+                params.quantiles,
+            )
+        ]
+        done = [w.record() for w in windows if w.symbol in predicted]
+        stage_forecasts(engine, run.run_id, f"shard-{shard:04d}", rows, done, append=start > 0)
+        ok += len(predicted)
     fail_items(engine, run.run_id, failed)
     return BatchResult(
         shard=shard,
-        ok=len(predicted),
+        ok=ok,
         failed=len(failed),
-        bars=len(predicted) * params.sample_count * params.pred_len,
+        bars=ok * params.sample_count * params.pred_len,
         forecast_seconds=forecast_seconds,
         load_seconds=loaded - started,
-        read_seconds=read - loaded,
+        read_seconds=read_seconds,
         device=str(predictor.device),
         host=socket.gethostname(),
         threads=threads,

@@ -34,13 +34,15 @@ def stage_forecasts(
     batch: str,
     rows: Sequence[dict[str, Any]],
     windows: Sequence[dict[str, Any]] = (),
+    append: bool = False,
 ) -> None:
     """Write one batch's forecast rows and their windows to staging, replacing what an earlier attempt of
-    the batch staged."""
+    the batch staged (or, with ``append``, adding to what this attempt staged so far)."""
     now = datetime.now(timezone.utc)
     with engine.begin() as connection:
         for staged, values in ((StagedForecast, rows), (StagedWindow, windows)):
-            connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
+            if not append:
+                connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
             insert_rows(
                 connection,
                 staged.__table__,
