@@ -165,7 +165,7 @@ def measure(symbols: int, preset: str, shards: int | None, threads: str | None =
     work = Path(tempfile.mkdtemp(prefix=f"daily-scale-{symbols}-"))
     data = work / "data"
     watchlist = synthetic.write_universe(data, symbols, BARS, DAY_1)
-    db_url = postgres_database(f"kronos_scale_{symbols}_{os.getpid()}")
+    db_url = postgres_database(f"kronos_scale_{symbols}_{work.name.rsplit('-', 1)[-1].lower()}")  # one per measurement
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "MLFLOW_", "AIRFLOW"))}
     environ.update(
         {
