@@ -374,6 +374,7 @@ def test_forecasts_artifact_flattens_every_band_with_one_schema_across_chunks(
 
 
 def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(kronos_env, tiny_checkpoints, monkeypatch):
+    import torch
     from sqlalchemy import select
 
     from kronos_tasks.pipeline import runtime
@@ -405,6 +406,9 @@ def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(krono
             ).all()
         return rows, sorted(windows)
 
+    # torch's thread pools are process-wide: left as they are here (a pool resized in a process that later
+    # forks, as mutmut's runner does, can hang the children)
+    monkeypatch.setattr(runtime, "own_threads", torch.get_num_threads)
     monkeypatch.setattr(daily, "FORECAST_CHUNK", 2)  # three chunks: A B | NONE C | D
     result = daily.forecast(run, 0)
     assert (result.ok, result.failed, result.bars) == (4, 1, 4 * 2 * 3)
