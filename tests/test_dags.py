@@ -46,6 +46,22 @@ print(json.dumps({{"seconds": elapsed, "heavy": sorted(m for m in ("torch", "mlf
     assert result["seconds"] < 30, "past Airflow's default dagbag_import_timeout"
 
 
+def test_run_dag_exits_with_its_code_after_the_exit_handlers_and_with_its_output_flushed():
+    # stdout into a pipe is block-buffered: without the flush the text written last would be lost.
+    code = """
+import atexit, sys
+from kronos_tasks.pipeline.run_dag import exit_now
+atexit.register(lambda: sys.stdout.write("handler ran"))
+sys.stdout.write("run done; ")
+sys.stderr.write("to stderr; ")
+exit_now(3)
+raise AssertionError("exit_now returned")
+"""
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=buffered)
+    assert (out.returncode, out.stdout, out.stderr) == (3, "run done; handler ran", "to stderr; ")
+
+
 def test_daily_schedule_none_leaves_only_triggered_runs():
     code = """
 from kronos_tasks.pipeline.run_dag import load_dag

@@ -7,9 +7,12 @@ Exits 0 when the run succeeds, 1 otherwise. Meant to run with the environment of
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
 from datetime import datetime
+from typing import NoReturn
 
 from kronos_tasks.pipeline.airflow_env import dags_folder
 
@@ -52,5 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if state.endswith("success") else 1
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` after running its exit handlers and flushing its output, without the
+    interpreter's teardown of its heap: after a run that loaded torch, pandas and Airflow's execution API that
+    teardown takes 2-3 s (a tenth of a 1,000-symbol daily run on 2 cores) and frees nothing the operating
+    system would not."""
+    atexit._run_exitfuncs()  # what a normal exit runs first: Airflow's ORM disposal, logging's shutdown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())
