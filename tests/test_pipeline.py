@@ -302,7 +302,9 @@ def test_forecasts_artifact_flattens_every_band_with_one_schema_across_chunks(
     db_url, tmp_path, monkeypatch, calibrated
 ):
     """forecasts.csv and forecasts.parquet hold every stored row with each band's levels as columns, read in
-    chunks whose content differs (no calibrated value in the first ones): the same values in both files."""
+    chunks whose content differs (no calibrated value in the first ones): the same values in both files
+    (on PostgreSQL the Parquet file comes from COPY's CSV, here in blocks of a few rows, with a symbol that
+    needs quoting)."""
     from datetime import datetime, timedelta, timezone
 
     from kronos_tasks.pipeline import runtime, tracking
@@ -319,7 +321,7 @@ def test_forecasts_artifact_flattens_every_band_with_one_schema_across_chunks(
         run.calibrations["1d"] = "c" * 64
     origin = datetime(2024, 8, 28, 20, 0, tzinfo=timezone.utc)
     rows = []
-    for s, symbol in enumerate(["AAA", "BBB"]):
+    for s, symbol in enumerate(["AAA", 'B,"B']):
         for f, feature in enumerate(["open", "close"]):
             for step in (1, 2, 3):
                 value = 100.0 * (s + 1) + 10 * f + step + 0.123456789012345
@@ -339,14 +341,15 @@ def test_forecasts_artifact_flattens_every_band_with_one_schema_across_chunks(
                         "prob_above_last": 0.25 * step,
                         "series_seed": 2**62 + s,
                         "calibrated_quantiles": (
-                            {"0.1": value - 2, "0.5": value, "0.9": value + 2} if close and symbol == "BBB" else None
+                            {"0.1": value - 2, "0.5": value, "0.9": value + 2} if close and s == 1 else None
                         ),
-                        "calibrated_prob_above_last": 0.1 * step if close and symbol == "BBB" else None,
+                        "calibrated_prob_above_last": 0.1 * step if close and s == 1 else None,
                         "baseline_quantiles": {"0.1": value - 3, "0.5": value, "0.9": value + 3} if close else None,
                     }
                 )
     persist_run(engine, daily.run_row(run, [], "success", origin), rows, [])
     monkeypatch.setattr(tracking, "CSV_CHUNK", 5)  # the first chunks hold no calibrated value
+    monkeypatch.setattr(tracking, "COPY_BLOCK_BYTES", 700)  # about three rows
     csv = pd.read_csv(tracking.write_forecasts(run, tmp_path, 2))
     parquet = pd.read_parquet(tracking.write_forecasts(run, tmp_path, tracking.PER_SYMBOL_DATASETS + 1))
 
