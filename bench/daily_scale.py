@@ -1,6 +1,7 @@
 """The daily DAG at scale: N synthetic symbols through Airflow's test runner on PostgreSQL.
 
     python bench/daily_scale.py --symbols 100 1000 10000 [--preset tiny|Kronos-small] [--json FILE]
+    python bench/daily_scale.py --celery --symbols 1000 [--json FILE]
 
 For each N: a fresh KRONOS_HOME, a PostgreSQL database for the forecasts, a random pair of the preset
 registered at @champion, N files of 600 daily bars (bench/synthetic.py) and a watchlist naming them. Two
@@ -11,6 +12,12 @@ time inside the forecast tasks (the run's forecast_seconds), peak RSS of the run
 values stored and what the tasks read (each task's inputs, from the stored values). Then the model-only
 time of the same windows: every symbol's window read and decoded through `predict_windows` in this
 process with the same parameters, seed and threads.
+
+With ``--celery`` the two days run through the loopback CeleryExecutor deployment of
+tests/celery_stack.py instead (scheduler, DAG processor, API server, Redis broker, MLflow server, all on
+PostgreSQL) with two Celery workers, each pinned to one core and serving both queues, triggered through
+Airflow's REST API; the run's wall time is the DAG run's (Airflow's start to end), peak RSS the largest
+task process seen (sampled every 0.2 s).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # celery_stack, for --celery
 
 import synthetic  # noqa: E402
 
@@ -68,12 +76,10 @@ def task_seconds(log: str) -> dict[str, float]:
     return dict(spent)
 
 
-def xcom_traffic(airflow_db: Path) -> dict[str, int]:
-    """Bytes of XCom stored by the run, and read by its tasks (each task's inputs: plan and shard list by
-    every mapped task, one ingest summary per forecast task, every forecast result by persist, the summary
-    by log and finish)."""
-    with sqlite3.connect(airflow_db) as db:
-        rows = db.execute("SELECT task_id, map_index, length(value) FROM xcom").fetchall()
+def xcom_traffic(rows: list[tuple[str, int, int]]) -> dict[str, int]:
+    """Bytes of XCom stored by the run (``rows``: task id, map index, size), and read by its tasks (each
+    task's inputs: plan and shard list by every mapped task, one ingest summary per forecast task, every
+    forecast result by persist, the summary by log and finish)."""
     stored = defaultdict(list)
     for task, _, size in rows:
         stored[task].append(size or 0)
@@ -88,6 +94,11 @@ def xcom_traffic(airflow_db: Path) -> dict[str, int]:
         + 2 * sum(stored.get("persist", [0]))
     )
     return {"rows": len(rows), "written_bytes": total, "read_bytes": read, "per_symbol_rows": 0}
+
+
+def stored_xcom(airflow_db: Path) -> list[tuple[str, int, int]]:
+    with sqlite3.connect(airflow_db) as db:
+        return db.execute("SELECT task_id, map_index, length(value) FROM xcom").fetchall()
 
 
 # Runs the DAG run in a child and prints the largest resident set of it and its children (ru_maxrss, KB).
@@ -205,7 +216,7 @@ def measure(symbols: int, preset: str, shards: int | None, threads: str | None =
                 "read_seconds_in_run": round(stored.timings.get("read_seconds", 0), 2) if stored else None,
                 "threads": (stored.extra or {}).get("threads") if stored else None,
                 "shards": (stored.extra or {}).get("shards") if stored else None,
-                "xcom": xcom_traffic(work / "airflow" / "airflow.db"),
+                "xcom": xcom_traffic(stored_xcom(work / "airflow" / "airflow.db")),
             }
         )
         days.append(result)
@@ -226,12 +237,137 @@ def measure(symbols: int, preset: str, shards: int | None, threads: str | None =
     }
 
 
+class PeakRss:
+    """The largest resident set of any process under ``pids`` (and their children), sampled in a thread."""
+
+    def __init__(self, pids: list[int], every: float = 0.2):
+        import threading
+
+        self.pids, self.every, self.peak_kb, self._stop = pids, every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.every):
+            for pid in self.pids:
+                try:
+                    tree = [psutil.Process(pid)]
+                    tree += tree[0].children(recursive=True)
+                except psutil.Error:
+                    continue
+                for process in tree:
+                    try:
+                        self.peak_kb = max(self.peak_kb, process.memory_info().rss // 1024)
+                    except psutil.Error:
+                        pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak_kb / 1024, 1)
+
+
+def celery_day(stack, day: str, engine_url: str) -> dict:
+    """One daily run triggered through the REST API and waited for; its times from Airflow's records."""
+    from celery_stack import wait_for
+    from sqlalchemy import create_engine, text
+
+    api = stack.api
+    path = f"/api/v2/dags/{DAG}/dagRuns"
+    run = api.call("POST", path, {"logical_date": f"{day}T21:30:00Z", "conf": {}})
+    run_path = f"{path}/{run['dag_run_id']}"
+    final = wait_for(
+        f"the {day} run",
+        lambda: (lambda r: r if r and r["state"] in ("success", "failed") else None)(api.ok("GET", run_path)),
+        3600,
+        stack,
+        1,
+    )
+    started, ended = (datetime.fromisoformat(final[k].replace("Z", "+00:00")) for k in ("start_date", "end_date"))
+    instances = api.call("GET", f"{run_path}/taskInstances?limit=1000")["task_instances"]
+    tasks, hosts = defaultdict(float), defaultdict(set)
+    for ti in instances:
+        tasks[ti["task_id"]] += ti["duration"] or 0.0
+        hosts[ti["task_id"]].add(ti["hostname"])
+    airflow = create_engine(engine_url)
+    with airflow.connect() as connection:
+        sizes = connection.execute(
+            text("SELECT task_id, map_index, octet_length(value::text) FROM xcom WHERE run_id = :run"),
+            {"run": run["dag_run_id"]},
+        ).all()
+    airflow.dispose()
+    return {
+        "day": day,
+        "ok": final["state"] == "success",
+        "wall_seconds": round((ended - started).total_seconds(), 2),
+        "tasks": {k: round(v, 2) for k, v in tasks.items()},
+        "task_hosts": {k: sorted(v) for k, v in hosts.items()},
+        "xcom": xcom_traffic([tuple(row) for row in sizes]),
+    }
+
+
+def measure_celery(symbols: int, preset: str) -> dict:
+    """Two days of N symbols through the loopback CeleryExecutor deployment with two single-core workers."""
+    from celery_stack import celery_stack, wait_for
+
+    from kronos_tasks.model.presets import write_random_pair
+    from kronos_tasks.storage import get_run, make_engine
+
+    work = Path(tempfile.mkdtemp(prefix=f"daily-celery-{symbols}-"))
+    data = work / "data"
+    watchlist = synthetic.write_universe(data, symbols, BARS, DAY_1)
+    pair = write_random_pair(work / "pair", preset, seed=0)
+    workers = {"worker-1": ("default,gpu", "0"), "worker-2": ("default,gpu", "1")}
+    admin = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    settings = {"KRONOS_DATA_DIR": str(data), "KRONOS_WATCHLIST": str(watchlist)}
+    with celery_stack(work, admin, pair, workers, **settings) as stack:
+        wait_for("the DAG to be parsed", lambda: stack.api.ok("GET", f"/api/v2/dags/{DAG}"), 240, stack, 2)
+        stack.api.call("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+        airflow_url = stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        days = []
+        for day in (DAY_1, DAY_2):
+            if day == DAY_2:
+                synthetic.append_day(data, symbols, BARS, DAY_1)
+            peak = PeakRss([stack.processes[name].pid for name in workers])
+            result = celery_day(stack, day, airflow_url)
+            result["peak_rss_mb"] = peak.stop()
+            run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').isoformat()}"
+            stored = get_run(make_engine(stack.env["KRONOS_DB_URL"]), run_id)
+            result.update(
+                {
+                    "status": stored.status if stored else None,
+                    "symbols_ok": stored.symbols_ok if stored else 0,
+                    "model_seconds_in_run": round(stored.timings["forecast_seconds"], 2) if stored else None,
+                    "threads": (stored.extra or {}).get("threads") if stored else None,
+                    "shards": (stored.extra or {}).get("shards") if stored else None,
+                }
+            )
+            days.append(result)
+            print(f"celery N={symbols} {day}: {result}", flush=True)
+        alone = model_only(stack.env, run_id)
+    steady = days[-1]
+    return {
+        "symbols": symbols,
+        "preset": preset,
+        "executor": "CeleryExecutor, 2 workers x 1 core",
+        "bars_per_symbol": BARS,
+        "days": days,
+        "model_only": alone,
+        "model_share_of_run": round(alone["seconds"] / steady["wall_seconds"], 3),
+        "per_symbol_seconds": round(steady["wall_seconds"] / symbols, 4),
+        "work": str(work),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "Kronos-small"])
     parser.add_argument("--shards", type=int, help="KRONOS_FORECAST_SHARDS (default: the setting's default)")
     parser.add_argument("--threads", help="KRONOS_TORCH_THREADS (default: auto, the cores a task owns)")
+    parser.add_argument("--celery", action="store_true", help="through the CeleryExecutor deployment, 2 workers")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     results = {
@@ -239,7 +375,7 @@ def main() -> int:
         "runs": [],
     }
     for n in args.symbols:
-        found = measure(n, args.preset, args.shards, args.threads)
+        found = measure_celery(n, args.preset) if args.celery else measure(n, args.preset, args.shards, args.threads)
         results["runs"].append(found)
         steady = found["days"][-1]
         print(
