@@ -287,10 +287,9 @@ def celery_day(stack, day: str, engine_url: str) -> dict:
     )
     started, ended = (datetime.fromisoformat(final[k].replace("Z", "+00:00")) for k in ("start_date", "end_date"))
     instances = api.call("GET", f"{run_path}/taskInstances?limit=1000")["task_instances"]
-    tasks, hosts = defaultdict(float), defaultdict(set)
+    tasks = defaultdict(float)
     for ti in instances:
         tasks[ti["task_id"]] += ti["duration"] or 0.0
-        hosts[ti["task_id"]].add(ti["hostname"])
     airflow = create_engine(engine_url)
     with airflow.connect() as connection:
         sizes = connection.execute(
@@ -303,7 +302,6 @@ def celery_day(stack, day: str, engine_url: str) -> dict:
         "ok": final["state"] == "success",
         "wall_seconds": round((ended - started).total_seconds(), 2),
         "tasks": {k: round(v, 2) for k, v in tasks.items()},
-        "task_hosts": {k: sorted(v) for k, v in hosts.items()},
         "xcom": xcom_traffic([tuple(row) for row in sizes]),
     }
 
