@@ -226,6 +226,23 @@ def test_staged_batches_move_into_the_run_atomically(engine):
     assert count(engine, StagedForecast, "r4") == 0
 
 
+def test_inserted_rows_take_the_values_every_row_shares_over_their_own(engine):
+    from kronos_tasks.storage.db import insert_rows
+    from kronos_tasks.storage.models import StagedForecast
+
+    now = datetime(2024, 8, 30, 1, tzinfo=UTC)
+    rows = [dict(r, batch="own", staged_at=datetime(2000, 1, 1, tzinfo=UTC)) for r in forecast_rows("r7", 11.0)]
+    with engine.begin() as connection:
+        assert (
+            insert_rows(connection, StagedForecast.__table__, rows, {"run_id": "r8", "batch": "b-1", "staged_at": now})
+            == 4
+        )
+    columns = (StagedForecast.run_id, StagedForecast.batch, StagedForecast.staged_at, StagedForecast.feature)
+    with engine.connect() as connection:
+        stored = connection.execute(select(*columns, StagedForecast.step, StagedForecast.quantiles)).all()
+    assert sorted(stored) == sorted(("r8", "b-1", now, r["feature"], r["step"], r["quantiles"]) for r in rows)
+
+
 def test_a_failed_persist_from_staging_keeps_the_stored_run_and_the_staged_rows(engine):
     from kronos_tasks.storage import stage_forecasts
     from kronos_tasks.storage.models import StagedForecast

@@ -127,28 +127,37 @@ def require_schema(engine: Engine) -> None:
         )
 
 
-def _copy_rows(connection: Connection, target: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """COPY ``rows`` into ``target`` (PostgreSQL), each value through its column type's bind processing."""
+def _copy_rows(
+    connection: Connection, target: str, table: Table, rows: Sequence[dict[str, Any]], same: dict[str, Any]
+) -> None:
+    """COPY ``rows`` (with the values of ``same`` in every row) into ``target`` (PostgreSQL), each value
+    through its column type's bind processing."""
     import psycopg
     from psycopg import sql
 
     dialect = connection.dialect
-    columns = list(table.columns)
     # JSON as its text (COPY's text format reads every column from text), by the C encoder in one call
-    processors = [json.dumps if isinstance(c.type, JSON) else c.type.bind_processor(dialect) for c in columns]
+    processors = {
+        c.name: json.dumps if isinstance(c.type, JSON) else c.type.bind_processor(dialect) for c in table.columns
+    }
+    varying = [c.name for c in table.columns if c.name not in same]
+    shared = [
+        value if value is None or processors[name] is None else processors[name](value) for name, value in same.items()
+    ]  # the shared columns go last in COPY's column list, so that each row is its own values plus these
     cursor = connection.connection.driver_connection.cursor()
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(target), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+        sql.Identifier(target), sql.SQL(", ").join(sql.Identifier(name) for name in [*varying, *same])
     )
+    varying_processors = [processors[name] for name in varying]
     try:
         with cursor.copy(statement) as copy:
-            names = [c.name for c in columns]
             for row in rows:
                 copy.write_row(
                     [
                         value if value is None or process is None else process(value)
-                        for value, process in zip(map(row.get, names), processors)
+                        for value, process in zip(map(row.get, varying), varying_processors)
                     ]
+                    + shared
                 )
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"COPY {target}", None, exc) from exc
@@ -190,15 +199,19 @@ def copy_out_csv(connection: Connection, query: Select) -> Iterator[io.BufferedR
         yield io.BufferedReader(_CopyStream(copy), buffer_size=1 << 20)
 
 
-def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert many rows in the caller's transaction: COPY on PostgreSQL, batched executemany elsewhere."""
+def insert_rows(
+    connection: Connection, table: Table, rows: Sequence[dict[str, Any]], same: dict[str, Any] | None = None
+) -> int:
+    """Insert many rows in the caller's transaction, each with the values of ``same`` (they replace the
+    row's own): COPY on PostgreSQL, batched executemany elsewhere."""
     if not rows:
         return 0
+    same = same or {}
     if connection.dialect.name == "postgresql":
-        _copy_rows(connection, table.name, table, rows)
+        _copy_rows(connection, table.name, table, rows, same)
     else:
         for start in range(0, len(rows), CHUNK_ROWS):
-            connection.execute(table.insert(), list(rows[start : start + CHUNK_ROWS]))
+            connection.execute(table.insert(), [{**row, **same} for row in rows[start : start + CHUNK_ROWS]])
     return len(rows)
 
 
@@ -305,7 +318,7 @@ def upsert(connection: Connection, table: Table, rows: Sequence[dict[str, Any]],
     if not rows:
         return 0
     if dialect == "postgresql":
-        _upsert_from_staging(connection, table, keys, lambda staging: _copy_rows(connection, staging, table, rows))
+        _upsert_from_staging(connection, table, keys, lambda staging: _copy_rows(connection, staging, table, rows, {}))
         return len(rows)
     updated = [c.name for c in table.columns if c.name not in keys]
     statement = sqlite.insert(table)

@@ -43,11 +43,7 @@ def stage_forecasts(
         for staged, values in ((StagedForecast, rows), (StagedWindow, windows)):
             if not append:
                 connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
-            insert_rows(
-                connection,
-                staged.__table__,
-                [{**v, "run_id": run_id, "batch": batch, "staged_at": now} for v in values],
-            )
+            insert_rows(connection, staged.__table__, values, {"run_id": run_id, "batch": batch, "staged_at": now})
 
 
 def clear_staging(engine: Engine, run_id: str) -> None:
