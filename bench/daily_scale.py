@@ -166,12 +166,46 @@ def model_only(env: dict, run_id: str) -> dict:
     return {"symbols": len(predicted), "failed": len(failed), "seconds": round(seconds, 2), "threads": threads}
 
 
+def stored_run(db_url: str, day: str) -> tuple[str, dict]:
+    """The forecast run of ``day``'s DAG run -> (its run id, what the benchmark records of it)."""
+    from kronos_tasks.storage import get_run, make_engine
+
+    run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').astimezone(timezone.utc).isoformat()}"
+    stored = get_run(make_engine(db_url), run_id)
+    if stored is None:
+        return run_id, {"status": None, "symbols_ok": 0}
+    return run_id, {
+        "status": stored.status,
+        "symbols_ok": stored.symbols_ok,
+        "model_seconds_in_run": round(stored.timings["forecast_seconds"], 2),
+        "read_seconds_in_run": round(stored.timings.get("read_seconds", 0), 2),
+        "threads": (stored.extra or {}).get("threads"),
+        "shards": (stored.extra or {}).get("shards"),
+    }
+
+
+def summary(symbols: int, preset: str, days: list[dict], alone: dict, work: Path, **about) -> dict:
+    """One measurement: its days, the model-only time and the model's share of the steady-state day."""
+    steady = days[-1]
+    return {
+        "symbols": symbols,
+        "preset": preset,
+        **about,
+        "bars_per_symbol": BARS,
+        "days": days,
+        "model_only": alone,
+        "model_share_of_run": round(alone["seconds"] / steady["wall_seconds"], 3),
+        "per_symbol_seconds": round(steady["wall_seconds"] / symbols, 4),
+        "work": str(work),
+    }
+
+
 def measure(symbols: int, preset: str, shards: int | None, threads: str | None = None) -> dict:
     from kronos_tasks.model.presets import write_random_pair
     from kronos_tasks.pipeline.airflow_env import airflow_environment, ensure_pool, migrate_metadata
     from kronos_tasks.registry import Registry
     from kronos_tasks.settings import Settings
-    from kronos_tasks.storage import get_run, make_engine, upgrade
+    from kronos_tasks.storage import make_engine, upgrade
 
     work = Path(tempfile.mkdtemp(prefix=f"daily-scale-{symbols}-"))
     data = work / "data"
@@ -206,35 +240,13 @@ def measure(symbols: int, preset: str, shards: int | None, threads: str | None =
         if day == DAY_2:
             synthetic.append_day(data, symbols, BARS, DAY_1)
         result = run_day(env, day, work / f"{day}.log")
-        run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').astimezone(timezone.utc).isoformat()}"
-        stored = get_run(make_engine(db_url), run_id)
-        result.update(
-            {
-                "status": stored.status if stored else None,
-                "symbols_ok": stored.symbols_ok if stored else 0,
-                "model_seconds_in_run": round(stored.timings["forecast_seconds"], 2) if stored else None,
-                "read_seconds_in_run": round(stored.timings.get("read_seconds", 0), 2) if stored else None,
-                "threads": (stored.extra or {}).get("threads") if stored else None,
-                "shards": (stored.extra or {}).get("shards") if stored else None,
-                "xcom": xcom_traffic(stored_xcom(work / "airflow" / "airflow.db")),
-            }
-        )
+        run_id, recorded = stored_run(db_url, day)
+        result.update(recorded, xcom=xcom_traffic(stored_xcom(work / "airflow" / "airflow.db")))
         days.append(result)
         with sqlite3.connect(work / "airflow" / "airflow.db") as db:
             db.execute("DELETE FROM xcom")  # the next day's traffic on its own
     alone = model_only(env, run_id)
-    steady = days[-1]
-    return {
-        "symbols": symbols,
-        "preset": preset,
-        "threads_setting": threads or "auto",
-        "bars_per_symbol": BARS,
-        "days": days,
-        "model_only": alone,
-        "model_share_of_run": round(alone["seconds"] / steady["wall_seconds"], 3),
-        "per_symbol_seconds": round(steady["wall_seconds"] / symbols, 4),
-        "work": str(work),
-    }
+    return summary(symbols, preset, days, alone, work, threads_setting=threads or "auto")
 
 
 class PeakRss:
@@ -311,7 +323,6 @@ def measure_celery(symbols: int, preset: str) -> dict:
     from celery_stack import celery_stack, wait_for
 
     from kronos_tasks.model.presets import write_random_pair
-    from kronos_tasks.storage import get_run, make_engine
 
     work = Path(tempfile.mkdtemp(prefix=f"daily-celery-{symbols}-"))
     data = work / "data"
@@ -331,32 +342,12 @@ def measure_celery(symbols: int, preset: str) -> dict:
             peak = PeakRss([stack.processes[name].pid for name in workers])
             result = celery_day(stack, day, airflow_url)
             result["peak_rss_mb"] = peak.stop()
-            run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').isoformat()}"
-            stored = get_run(make_engine(stack.env["KRONOS_DB_URL"]), run_id)
-            result.update(
-                {
-                    "status": stored.status if stored else None,
-                    "symbols_ok": stored.symbols_ok if stored else 0,
-                    "model_seconds_in_run": round(stored.timings["forecast_seconds"], 2) if stored else None,
-                    "threads": (stored.extra or {}).get("threads") if stored else None,
-                    "shards": (stored.extra or {}).get("shards") if stored else None,
-                }
-            )
+            run_id, recorded = stored_run(stack.env["KRONOS_DB_URL"], day)
+            result.update(recorded)
             days.append(result)
             print(f"celery N={symbols} {day}: {result}", flush=True)
         alone = model_only(stack.env, run_id)
-    steady = days[-1]
-    return {
-        "symbols": symbols,
-        "preset": preset,
-        "executor": "CeleryExecutor, 2 workers x 1 core",
-        "bars_per_symbol": BARS,
-        "days": days,
-        "model_only": alone,
-        "model_share_of_run": round(alone["seconds"] / steady["wall_seconds"], 3),
-        "per_symbol_seconds": round(steady["wall_seconds"] / symbols, 4),
-        "work": str(work),
-    }
+    return summary(symbols, preset, days, alone, work, executor="CeleryExecutor, 2 workers x 1 core")
 
 
 def main() -> int:
