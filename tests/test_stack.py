@@ -22,9 +22,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from celery_stack import Api
 
 import stack as compose_stack
-from test_distributed import Api
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 DAG_ID = "kronos_daily_forecast"
