@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # celery_stack, for --celery
 import synthetic  # noqa: E402
 
 DAY_1, DAY_2 = "2024-08-27", "2024-08-28"
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"  # this machine's server (trust auth)
 BARS = 600
 DAG = "kronos_daily_forecast"
 TASK_LINE = re.compile(r"^(\S+) .*\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")
@@ -52,12 +53,12 @@ TASK_LINE = re.compile(r"^(\S+) .*\[DAG TEST\] (starting|end task) task_id=(\S+)
 def postgres_database(name: str) -> str:
     from sqlalchemy import create_engine, text
 
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
 
 
 def task_seconds(log: str) -> dict[str, float]:
@@ -172,8 +173,9 @@ def stored_run(db_url: str, day: str) -> tuple[str, dict]:
 
     run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').astimezone(timezone.utc).isoformat()}"
     stored = get_run(make_engine(db_url), run_id)
-    if stored is None:
-        return run_id, {"status": None, "symbols_ok": 0}
+    if stored is None:  # the run failed before persisting: recorded as such, the same keys
+        keys = ("model_seconds_in_run", "read_seconds_in_run", "threads", "shards")
+        return run_id, {"status": None, "symbols_ok": 0, **dict.fromkeys(keys)}
     return run_id, {
         "status": stored.status,
         "symbols_ok": stored.symbols_ok,
@@ -329,9 +331,8 @@ def measure_celery(symbols: int, preset: str) -> dict:
     watchlist = synthetic.write_universe(data, symbols, BARS, DAY_1)
     pair = write_random_pair(work / "pair", preset, seed=0)
     workers = {"worker-1": ("default,gpu", "0"), "worker-2": ("default,gpu", "1")}
-    admin = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     settings = {"KRONOS_DATA_DIR": str(data), "KRONOS_WATCHLIST": str(watchlist)}
-    with celery_stack(work, admin, pair, workers, **settings) as stack:
+    with celery_stack(work, ADMIN_URL, pair, workers, **settings) as stack:
         wait_for("the DAG to be parsed", lambda: stack.api.ok("GET", f"/api/v2/dags/{DAG}"), 240, stack, 2)
         stack.api.call("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
         airflow_url = stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
@@ -359,6 +360,8 @@ def main() -> int:
     parser.add_argument("--celery", action="store_true", help="through the CeleryExecutor deployment, 2 workers")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    if args.celery and (args.shards or args.threads):
+        parser.error("--shards and --threads set the test runner's run; --celery runs the deployment's defaults")
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "when": datetime.now().isoformat()},
         "runs": [],
