@@ -150,20 +150,27 @@ def test_the_holdout_fit_reads_nothing_after_its_cut():
     )
 
 
-def _forecast_rows(symbol: str, raw: dict[str, float], p_up: float) -> list[dict]:
-    rows = []
-    for step in (1, 2):
-        for feature in ("close", "volume"):
-            rows.append(
-                {
-                    "symbol": symbol,
-                    "feature": feature,
-                    "step": step,
-                    "prob_above_last": p_up,
-                    "quantiles": {k: v * step for k, v in raw.items()},
-                }
-            )
-    return rows
+def _forecast_columns(symbol: str, raw: dict[str, float], p_up: float) -> dict[str, np.ndarray]:
+    """forecast_columns' shape for two features over two steps (feature-major), quantiles ``raw`` x step."""
+    feature = np.array(["close", "close", "volume", "volume"], dtype=object)
+    step = np.array([1, 2, 1, 2])
+    return {
+        "symbol": np.full(4, symbol, dtype=object),
+        "feature": feature,
+        "step": step,
+        "quantiles": np.array([[v * s for v in raw.values()] for s in step]),
+        "prob_above_last": np.full(4, p_up),
+        "levels": np.array(list(raw), dtype=object),
+    }
+
+
+def _bands(columns: dict, name: str) -> list[dict | None]:
+    """A band column of ``annotate`` as the row values stored: {level: value}, None where the row has none."""
+    keys = columns["calibrated_levels" if name == "calibrated_quantiles" else "baseline_levels"]
+    return [
+        dict(zip(keys, values.tolist())) if present else None
+        for values, present in zip(columns[name], columns[f"{name}_present"])
+    ]
 
 
 def test_daily_rows_get_baseline_and_calibrated_bands_on_close_only():
@@ -182,32 +189,56 @@ def test_daily_rows_get_baseline_and_calibrated_bands_on_close_only():
         probability={"x": [0.2, 0.8], "y": [0.4, 0.6]},
     )
     assert Calibration.from_dict(calibration.describe()) == calibration
-    raw = {"0.1": 90.0, "0.5": 100.0, "0.9": 110.0}
+    raw = {"0.9": 110.0, "0.1": 90.0, "0.5": 100.0}  # the forecast's own level order need not be ascending
     last = float(close[-1])
 
-    plain = annotate(_forecast_rows("B", raw, 0.5), close, None, LEVELS)
-    for row in plain:
-        assert row["calibrated_quantiles"] is None and row["calibrated_prob_above_last"] is None
-        if row["feature"] == "volume":
-            assert row["baseline_quantiles"] is None
-        else:
-            z = 1.2815515655446004 * last * sigma * math.sqrt(row["step"])
-            assert row["baseline_quantiles"] == pytest.approx({"0.1": last - z, "0.5": last, "0.9": last + z})
+    plain = annotate(_forecast_columns("B", raw, 0.5), close, None, LEVELS)
+    assert not plain["calibrated_quantiles_present"].any()
+    baseline = _bands(plain, "baseline_quantiles")
+    assert baseline[2:] == [None, None]  # volume rows
+    for step, band in zip((1, 2), baseline[:2]):
+        z = 1.2815515655446004 * last * sigma * math.sqrt(step)
+        assert band == pytest.approx({"0.1": last - z, "0.5": last, "0.9": last + z})
 
-    pooled, own = (annotate(_forecast_rows(s, raw, 0.5), close, calibration, LEVELS) for s in ("B", "A"))
-    close_rows = [r for r in pooled if r["feature"] == "close"]
+    pooled, own = (annotate(_forecast_columns(s, raw, 0.5), close, calibration, LEVELS) for s in ("B", "A"))
     unit1, unit2 = last * sigma, last * sigma * math.sqrt(2)
-    assert close_rows[0]["calibrated_quantiles"] == pytest.approx(
+    calibrated = _bands(pooled, "calibrated_quantiles")
+    assert list(calibrated[0]) == ["0.1", "0.5", "0.9"]
+    assert calibrated[0] == pytest.approx(
         {"0.1": 90 - 0.5 * unit1, "0.5": 100 + 0.25 * unit1, "0.9": 110 + 0.5 * unit1}
     )
-    assert close_rows[1]["calibrated_quantiles"] == pytest.approx(
-        {"0.1": 180.0, "0.5": 200.0, "0.9": 220 + unit2}  # no shift at step 2 for 0.1: raw
-    )
-    assert close_rows[0]["calibrated_prob_above_last"] == pytest.approx(0.5)  # halfway along the map
-    assert [r for r in own if r["feature"] == "close"][0]["calibrated_quantiles"] == pytest.approx(
+    assert calibrated[1] == pytest.approx({"0.1": 180.0, "0.5": 200.0, "0.9": 220 + unit2})  # no 0.1 shift at step 2
+    assert calibrated[2:] == [None, None]
+    assert pooled["calibrated_prob_above_last"][0] == pytest.approx(0.5)  # halfway along the map
+    assert _bands(own, "calibrated_quantiles")[0] == pytest.approx(
         {"0.1": 90 - 2 * unit1, "0.5": 100.0, "0.9": 110 + 2 * unit1}  # its own shifts, not the pooled ones
     )
-    assert all(r["calibrated_quantiles"] is None for r in pooled + own if r["feature"] == "volume")
+
+
+def test_calibrated_quantiles_do_not_cross():
+    close = np.exp(np.cumsum(np.r_[0.0, np.tile([0.01, -0.01], 15)])) * 100
+    calibration = Calibration(
+        model="m/1",
+        interval="1d",
+        levels=LEVELS,
+        steps=2,
+        shifts={"*": {"0.1": [50.0, 50.0], "0.5": [0.0, 0.0], "0.9": [-50.0, -50.0]}},
+        counts={"*": 60},
+        probability={},
+    )
+    columns = annotate(
+        _forecast_columns(
+            "B",
+            {"0.1": 90.0, "0.5": 100.0, "0.9": 110.0},
+            0.7,
+        ),
+        close,
+        calibration,
+        LEVELS,
+    )
+    low, middle, high = columns["calibrated_quantiles"][0]
+    assert low <= middle <= high and low < 90 < 110 < high  # the shifts swapped 0.1 and 0.9: sorted back
+    assert columns["calibrated_prob_above_last"][0] == 0.7  # no probability map: raw
 
 
 def _blocks(knots: list[float], values: list[float]) -> list[tuple[float, float, float]]:

@@ -243,6 +243,60 @@ def test_inserted_rows_take_the_values_every_row_shares_over_their_own(engine):
     assert sorted(stored) == sorted(("r8", "b-1", now, r["feature"], r["step"], r["quantiles"]) for r in rows)
 
 
+def test_rows_given_as_an_arrow_table_are_stored_as_the_same_rows_given_as_dicts(engine):
+    import pyarrow as pa
+
+    from kronos_tasks.storage.db import insert_rows, insert_table
+    from kronos_tasks.storage.models import StagedForecast
+
+    rows = forecast_rows("r9", 11.0)
+    awkward = [0.1 + 0.2, 1e-7, 1e20, -0.0]  # floats whose text must read back to the same value
+    for row, symbol, value in zip(rows, ['A,"B', "", "C\nD", "E"], awkward):  # text CSV must quote
+        row.update(symbol=symbol, mean=value, quantiles={"0.1": value, "0.5": 3.0, "0.9": 1e-300})
+        row["target_ts"] = row["target_ts"].astimezone(timezone(pd.Timedelta(hours=-4)))  # any zone, stored as UTC
+    rows[0].update(calibrated_quantiles={"0.1": 1.0, "0.5": 2.0, "0.9": 3.0}, calibrated_prob_above_last=0.25)
+    for row in rows[1:]:
+        row.update(calibrated_quantiles=None, calibrated_prob_above_last=None)
+    table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "run_id"} for row in rows])
+    now = datetime(2024, 8, 30, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # text without an offset would be read in the session's zone
+            connection.exec_driver_sql("SET LOCAL TIME ZONE 'Asia/Tokyo'")
+        assert (
+            insert_table(connection, StagedForecast.__table__, table, {"run_id": "r9", "batch": "t", "staged_at": now})
+            == 4
+        )
+        insert_rows(connection, StagedForecast.__table__, rows, {"run_id": "r9", "batch": "d", "staged_at": now})
+    columns = [c for c in StagedForecast.__table__.columns if c.name != "batch"]
+    with engine.connect() as connection:
+        stored = {
+            batch: sorted(connection.execute(select(*columns).where(StagedForecast.batch == batch)).all())
+            for batch in ("t", "d")
+        }
+    assert stored["t"] == stored["d"] and len(stored["t"]) == 4
+    by_symbol = {row.symbol: row for row in stored["t"]}
+    assert [by_symbol[row["symbol"]].mean for row in rows] == awkward
+    assert by_symbol['A,"B'].quantiles == {"0.1": 0.1 + 0.2, "0.5": 3.0, "0.9": 1e-300}
+    assert [type(v) for row in stored["t"] for v in row.quantiles.values()] == [float] * 12  # 3.0 and -0.0 too
+    assert by_symbol['A,"B'].calibrated_quantiles == {"0.1": 1.0, "0.5": 2.0, "0.9": 3.0}
+    assert by_symbol[""].calibrated_quantiles is None and by_symbol[""].calibrated_prob_above_last is None
+    assert by_symbol["E"].target_ts == rows[3]["target_ts"] and by_symbol["E"].target_ts.utcoffset() == pd.Timedelta(0)
+
+
+def test_an_arrow_table_with_naive_timestamps_is_refused(engine):
+    import pyarrow as pa
+
+    from kronos_tasks.storage.db import insert_table
+    from kronos_tasks.storage.models import StagedForecast
+
+    row = {k: v for k, v in forecast_rows("r10", 11.0)[0].items() if k != "run_id"}
+    table = pa.Table.from_pylist([dict(row, origin_ts=row["origin_ts"].replace(tzinfo=None))])
+    with pytest.raises(Exception, match="naive timestamp"), engine.begin() as connection:
+        insert_table(
+            connection, StagedForecast.__table__, table, {"run_id": "r10", "batch": "t", "staged_at": datetime.now(UTC)}
+        )
+
+
 def test_a_failed_persist_from_staging_keeps_the_stored_run_and_the_staged_rows(engine):
     from kronos_tasks.storage import stage_forecasts
     from kronos_tasks.storage.models import StagedForecast

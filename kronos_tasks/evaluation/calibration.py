@@ -267,26 +267,48 @@ def holdout(rows: pd.DataFrame, levels: list[float], model: str, interval: str) 
     }
 
 
-def annotate(rows: list[dict], close: np.ndarray, calibration: Calibration | None, levels) -> list[dict]:
-    """Forecast rows (``forecasting.windows.forecast_rows``) of one symbol with their close rows' calibrated
-    quantiles and P(up) (when there is a calibration) and the historical-volatility baseline band; the
-    rows of other features get None in those fields."""
+def annotate(columns: dict[str, np.ndarray], close: np.ndarray, calibration: Calibration | None, levels) -> dict:
+    """One symbol's forecast columns (``forecasting.windows.forecast_columns``) with the close rows' calibrated
+    quantiles and P(up) (when there is a calibration) and the historical-volatility baseline band added as
+    columns: ``calibrated_quantiles`` [rows, levels] in ascending level order, ``calibrated_prob_above_last``
+    and ``baseline_quantiles`` [rows, levels] in ``levels``' order, each with a ``<name>_present`` row mask
+    (the close rows; none for the calibrated ones without a calibration), and the level names of the two
+    bands as ``calibrated_levels`` and ``baseline_levels``."""
     from . import metrics
 
+    levels = list(levels)
+    rows = len(columns["step"])
+    on_close = columns["feature"] == "close"
+    close_steps = columns["step"][on_close]  # 1..pred_len
     last = float(close[-1])
-    steps = max(r["step"] for r in rows)
     sigma = metrics.histvol_sigma(close)
-    band = metrics.histvol_band(last, sigma, steps, levels)
-    for row in rows:
-        row["calibrated_quantiles"] = row["calibrated_prob_above_last"] = row["baseline_quantiles"] = None
-        if row["feature"] != "close":
-            continue
-        step = row["step"]
-        row["baseline_quantiles"] = {f"{q:g}": float(band[q][step - 1]) for q in levels}
-        if calibration is not None:
-            symbol = row["symbol"]
-            unit = float(spread(last, sigma, step))
-            shifted = sorted(calibration.quantile(symbol, q, step, row["quantiles"][f"{q:g}"], unit) for q in levels)
-            row["calibrated_quantiles"] = {f"{q:g}": float(v) for q, v in zip(sorted(levels), shifted)}
-            row["calibrated_prob_above_last"] = calibration.prob_up(row["prob_above_last"])
-    return rows
+    band = metrics.histvol_band(last, sigma, int(close_steps.max()), levels)  # {level: [pred_len]}
+    baseline = np.full((rows, len(levels)), np.nan)
+    baseline[on_close] = np.stack([band[q][close_steps - 1] for q in levels], axis=1)
+    calibrated = np.full((rows, len(levels)), np.nan)
+    calibrated_up = np.full(rows, np.nan)
+    if calibration is not None:
+        symbol = str(columns["symbol"][0])
+        raw = columns["quantiles"][on_close]  # [pred_len, levels], the forecast's own level order
+        order = list(columns["levels"])
+        shifted = np.array(
+            [
+                [
+                    calibration.quantile(symbol, q, step, raw[i, order.index(f"{q:g}")], spread(last, sigma, step))
+                    for q in levels
+                ]
+                for i, step in enumerate(close_steps.tolist())
+            ]
+        )
+        calibrated[on_close] = np.sort(shifted, axis=1)  # non-crossing: ascending values for ascending levels
+        calibrated_up[on_close] = [calibration.prob_up(p) for p in columns["prob_above_last"][on_close].tolist()]
+    return {
+        **columns,
+        "baseline_quantiles": baseline,
+        "baseline_quantiles_present": on_close,
+        "calibrated_quantiles": calibrated,
+        "calibrated_quantiles_present": on_close & (calibration is not None),
+        "calibrated_prob_above_last": calibrated_up,
+        "baseline_levels": np.array([f"{q:g}" for q in levels], dtype=object),
+        "calibrated_levels": np.array([f"{q:g}" for q in sorted(levels)], dtype=object),
+    }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -119,36 +118,85 @@ def predict_windows(
     return results, failed
 
 
-def forecast_rows(run_id: str, window: Window, forecast: Forecast) -> list[dict]:
-    """One row per feature and step: mean, quantiles, share of sample paths above the last observed value."""
-    bars = window.bars
-    origin = bars["ts"].iat[-1].to_pydatetime()
-    last = np.array([bars[feature].iat[-1] for feature in FEATURES], dtype=float)  # [6]
+def forecast_columns(window: Window, forecast: Forecast) -> dict[str, np.ndarray]:
+    """One symbol's forecast rows as columns, one row per feature and step (features in ``FEATURES`` order,
+    steps 1..pred_len within each): symbol, feature, step, interval, origin_ts and target_ts (UTC), last_value,
+    mean, ``quantiles`` [rows, levels] in ``forecast.quantiles``' order, prob_above_last (the share of sample
+    paths above last_value), series_seed, and the quantiles' level names as ``levels`` ("0.1", ...)."""
     samples = forecast.samples  # [S, pred_len, 6]
-    # Python floats per [feature][step], converted once (tolist) rather than value by value
-    above = (samples > last[None, None, :]).mean(axis=0).T.tolist()
-    means = forecast.mean.to_numpy(dtype=float).T.tolist()
-    levels = [(f"{q:g}", forecast.quantile(q).to_numpy(dtype=float).T.tolist()) for q in forecast.quantiles]
-    targets: list[datetime] = list(window.future.to_pydatetime())
-    symbol, interval, seed, last = window.symbol, window.item.interval, int(forecast.seed), last.tolist()
-    return [
-        {
-            "run_id": run_id,
-            "symbol": symbol,
-            "feature": feature,
-            "step": step + 1,
-            "interval": interval,
-            "origin_ts": origin,
-            "target_ts": targets[step],
-            "last_value": last[f],
-            "mean": means[f][step],
-            "quantiles": {key: values[f][step] for key, values in levels},
-            "prob_above_last": above[f][step],
-            "series_seed": seed,
-        }
-        for f, feature in enumerate(FEATURES)
-        for step in range(len(means[0]))
-    ]
+    steps, features = samples.shape[1], len(FEATURES)
+    rows = steps * features
+    last = window.bars[FEATURES].to_numpy(float)[-1]  # [6]
+    stamps = window.bars["ts"]
+    return {
+        "symbol": np.full(rows, window.symbol, dtype=object),
+        "feature": np.repeat(np.array(FEATURES, dtype=object), steps),
+        "step": np.tile(np.arange(1, steps + 1), features),
+        "interval": np.full(rows, window.item.interval, dtype=object),
+        "origin_ts": np.full(rows, _utc_micros(stamps.iloc[-1:])[0]),
+        "target_ts": np.tile(_utc_micros(window.future), features),
+        "last_value": np.repeat(last, steps),
+        # [pred_len, 6] -> [6, pred_len] -> rows, feature-major like every column here
+        "mean": forecast.mean.to_numpy(float).T.ravel(),
+        "quantiles": np.stack([forecast.quantile(q).to_numpy(float).T.ravel() for q in forecast.quantiles], axis=1),
+        "prob_above_last": (samples > last).mean(axis=0).T.ravel(),
+        "series_seed": np.full(rows, int(forecast.seed), dtype=np.int64),
+        "levels": np.array([f"{q:g}" for q in forecast.quantiles], dtype=object),
+    }
+
+
+def _utc_micros(stamps) -> np.ndarray:
+    return pd.DatetimeIndex(stamps).tz_convert("UTC").as_unit("us").asi8
+
+
+def forecast_table(parts: list[dict[str, np.ndarray]]):
+    """Several symbols' ``forecast_columns`` (all or none with ``calibration.annotate``'s columns) as one Arrow
+    table of forecast rows: quantile columns as structs keyed by level ("0.1", ...), null where a row has
+    none; timestamps in UTC."""
+    import pyarrow as pa
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([part[name] for part in parts])
+
+    def stamps(name: str):
+        return pa.array(joined(name), pa.timestamp("us", tz="UTC"))
+
+    def levels(name: str, keys: np.ndarray):
+        values = joined(name)  # [rows, levels]
+        present = joined(f"{name}_present") if f"{name}_present" in parts[0] else None
+        return pa.StructArray.from_arrays(
+            [pa.array(values[:, i]) for i in range(values.shape[1])],
+            names=list(keys),
+            mask=None if present is None else pa.array(~present),
+        )
+
+    keys = parts[0]["levels"]
+    if any(list(part["levels"]) != list(keys) for part in parts):
+        raise ValueError("forecast_table: the parts have different quantile levels")
+    columns = {
+        "symbol": pa.array(joined("symbol"), pa.string()),
+        "feature": pa.array(joined("feature"), pa.string()),
+        "step": pa.array(joined("step"), pa.int32()),
+        "interval": pa.array(joined("interval"), pa.string()),
+        "origin_ts": stamps("origin_ts"),
+        "target_ts": stamps("target_ts"),
+        "last_value": pa.array(joined("last_value")),
+        "mean": pa.array(joined("mean")),
+        "quantiles": levels("quantiles", keys),
+        "prob_above_last": pa.array(joined("prob_above_last")),
+        "series_seed": pa.array(joined("series_seed"), pa.int64()),
+    }
+    if "calibrated_quantiles" in parts[0]:
+        present = joined("calibrated_quantiles_present")
+        columns["calibrated_quantiles"] = levels("calibrated_quantiles", parts[0]["calibrated_levels"])
+        columns["calibrated_prob_above_last"] = pa.array(joined("calibrated_prob_above_last"), mask=~present)
+        columns["baseline_quantiles"] = levels("baseline_quantiles", parts[0]["baseline_levels"])
+    return pa.table(columns)
+
+
+def forecast_rows(run_id: str, window: Window, forecast: Forecast) -> list[dict]:
+    """One symbol's forecast rows (``forecast_columns``) as dicts, each with ``run_id``."""
+    return [{"run_id": run_id, **row} for row in forecast_table([forecast_columns(window, forecast)]).to_pylist()]
 
 
 def predict_series(

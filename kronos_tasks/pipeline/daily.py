@@ -201,7 +201,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     from kronos_tasks.data.freshness import StaleData
     from kronos_tasks.evaluation.calibration import Calibration, annotate
     from kronos_tasks.forecasting.engine import pinned_predictor
-    from kronos_tasks.forecasting.windows import forecast_rows, make_window, predict_windows
+    from kronos_tasks.forecasting.windows import forecast_columns, forecast_table, make_window, predict_windows
 
     started = time.perf_counter()
     settings, engine = runtime.settings(), runtime.engine()
@@ -250,18 +250,18 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
         forecast_seconds += time.perf_counter() - read
         read_seconds += read - began
         failed.update({symbol: ("forecast", reason) for symbol, reason in errors.items()})
-        rows = [
-            row
-            for window in windows
-            if window.symbol in predicted
-            for row in annotate(
-                forecast_rows(run.run_id, window, predicted[window.symbol]),
+        parts = [
+            annotate(
+                forecast_columns(window, predicted[window.symbol]),
                 window.bars["close"].to_numpy(float),
                 calibrations.get(window.item.interval),
                 params.quantiles,
             )
+            for window in windows
+            if window.symbol in predicted
         ]
         done = [w.record() for w in windows if w.symbol in predicted]
+        rows = forecast_table(parts) if parts else []
         stage_forecasts(engine, run.run_id, f"shard-{shard:04d}", rows, done, append=start > 0)
         ok += len(predicted)
     fail_items(engine, run.run_id, failed)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kronos_tasks.hashing import combine
 
-from .db import insert_rows, upsert
+from .db import insert_rows, insert_table, upsert
 from .models import (
     Forecast,
     ForecastRun,
@@ -32,18 +32,22 @@ def stage_forecasts(
     engine: Engine,
     run_id: str,
     batch: str,
-    rows: Sequence[dict[str, Any]],
+    rows,
     windows: Sequence[dict[str, Any]] = (),
     append: bool = False,
 ) -> None:
-    """Write one batch's forecast rows and their windows to staging, replacing what an earlier attempt of
-    the batch staged (or, with ``append``, adding to what this attempt staged so far)."""
+    """Write one batch's forecast rows (dicts, or an Arrow table of ``forecasting.windows.forecast_table``) and
+    their windows to staging, replacing what an earlier attempt of the batch staged (or, with ``append``,
+    adding to what this attempt staged so far)."""
     now = datetime.now(timezone.utc)
+    same = {"run_id": run_id, "batch": batch, "staged_at": now}
     with engine.begin() as connection:
-        for staged, values in ((StagedForecast, rows), (StagedWindow, windows)):
-            if not append:
+        if not append:
+            for staged, _ in STAGING:
                 connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
-            insert_rows(connection, staged.__table__, values, {"run_id": run_id, "batch": batch, "staged_at": now})
+        insert = insert_rows if isinstance(rows, Sequence) else insert_table
+        insert(connection, StagedForecast.__table__, rows, same)
+        insert_rows(connection, StagedWindow.__table__, windows, same)
 
 
 def clear_staging(engine: Engine, run_id: str) -> None:
