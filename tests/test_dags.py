@@ -62,6 +62,26 @@ raise AssertionError("exit_now returned")
     assert (out.returncode, out.stdout, out.stderr) == (3, "run done; handler ran", "to stderr; ")
 
 
+def test_run_dag_collects_young_garbage_less_often_before_it_loads_airflow():
+    code = """
+import gc, sys
+from kronos_tasks.pipeline import run_dag
+from kronos_tasks.pipeline.runtime import GC_YOUNG_THRESHOLD, relax_gc
+before = gc.get_threshold()
+loaded = []
+run_dag.load_dag = lambda dag_id: loaded.append(gc.get_threshold()) or sys.exit(0)
+try:
+    run_dag.main(["any_dag", "2024-08-28T17:30:00-04:00"])
+except SystemExit:
+    pass
+gc.set_threshold(GC_YOUNG_THRESHOLD * 2, 3, 4)
+relax_gc()  # never lowers a higher threshold
+print(before, loaded[0][0] == GC_YOUNG_THRESHOLD, loaded[0][1:] == before[1:], gc.get_threshold())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "(700, 10, 10) True True (100000, 3, 4)"
+
+
 def test_daily_schedule_none_leaves_only_triggered_runs():
     code = """
 from kronos_tasks.pipeline.run_dag import load_dag

@@ -79,6 +79,7 @@ def plan(
     from the database; a re-run of the same logical date gets the same seed. More shards than Airflow
     can map (``max_map_length``) fail here, once, with the run recorded as failed.
     """
+    runtime.relax_gc()
     settings, engine = runtime.settings(), runtime.engine()
     requested = ForecastParams.from_dict(params)
     share = settings.max_failed_share if max_failed_share is None else max_failed_share
@@ -157,6 +158,7 @@ def ingest(run: RunPlan, shard: int) -> IngestSummary:
     the run's entries, not raised."""
     from .ingest import ingest_fetched, ingest_files, source_file
 
+    runtime.relax_gc()
     settings, engine = runtime.settings(), runtime.engine()
     reset_shard(engine, run.run_id, shard, ("ingest",))
     until = min(pd.Timestamp(run.origin), pd.Timestamp.now("UTC"))
@@ -204,6 +206,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     from kronos_tasks.forecasting.windows import forecast_columns, forecast_table, make_window, predict_windows
 
     started = time.perf_counter()
+    runtime.relax_gc()
     settings, engine = runtime.settings(), runtime.engine()
     threads = runtime.own_threads()
     params, wanted = run.params, run.pinned
@@ -331,6 +334,7 @@ def run_row(run: RunPlan, results: list[BatchResult], status: str, finished_at: 
 
 def persist(run: RunPlan, results: list[BatchResult]) -> RunSummary:
     """Write the run, its staged forecasts and windows and its failures in one transaction -> its summary."""
+    runtime.relax_gc()
     engine = runtime.engine()
     now = datetime.now(timezone.utc)
     total, failed = item_counts(engine, run.run_id)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import NoReturn
 
 from kronos_tasks.pipeline.airflow_env import dags_folder
+from kronos_tasks.pipeline.runtime import relax_gc
 
 
 def load_dag(dag_id: str):
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logical_date", help="ISO date-time with offset")
     parser.add_argument("--conf", default="{}")
     args = parser.parse_args(argv)
+    relax_gc()  # before Airflow's imports: every task of the run shares this process's heap
     dag = load_dag(args.dag_id)
     run = dag.test(logical_date=datetime.fromisoformat(args.logical_date), run_conf=json.loads(args.conf))
     state = str(getattr(run, "state", "unknown"))

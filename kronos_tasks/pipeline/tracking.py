@@ -296,6 +296,7 @@ def write_charts(run: RunPlan, windows: list[ForecastWindow], folder: Path) -> N
 
 def log_run(run: RunPlan, summary: RunSummary) -> str:
     """One MLflow run per forecast run (earlier attempts of the same run are deleted) -> its run id."""
+    runtime.relax_gc()
     settings = runtime.settings()
     engine = runtime.engine()
     mlflow = client(settings)
