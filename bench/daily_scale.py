@@ -141,6 +141,7 @@ def model_only(env: dict, run_id: str) -> dict:
     from kronos_tasks.storage import get_run, run_windows
 
     runtime.engine_for.cache_clear()
+    runtime.relax_gc()  # as the forecast tasks run
     engine = runtime.engine()
     run = get_run(engine, run_id)
     params = ForecastParams.from_dict(run.extra["params"])
