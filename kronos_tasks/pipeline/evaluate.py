@@ -23,6 +23,8 @@ def due(now: datetime | str, lookback_days: int) -> list[str]:
 
 
 def score(run_ids: list[str]) -> dict[str, Any]:
+    """Score the runs' forecasts whose targets have arrived (``scoring.score_runs``)."""
+    runtime.relax_gc()
     return scoring.score_runs(runtime.engine(), run_ids)
 
 

@@ -363,6 +363,7 @@ def dag_task(params: dict, dag_run_id: str) -> dict:
     """The ``kronos_finetune`` DAG's training task: ``run_finetune`` from the run's params, registered under
     ``params["alias"]``, in ``params["processes"]`` data-parallel processes. The checkpoint folder is named
     after the DAG run, so a retry resumes training."""
+    runtime.relax_gc()
     folder = runtime.settings().home / "finetune" / "".join(c if c.isalnum() or c in "-_." else "_" for c in dag_run_id)
     values = {**params, "out": str(folder), "register": True}
     processes = int(params.get("processes") or 1)

@@ -58,6 +58,7 @@ def choose(rollback: bool, candidate: str | None) -> str:
 
 def verify(candidate: str, watchlist: Any, params: dict[str, Any]) -> PinnedPair:
     """Pin the candidate (downloads are checked against their SHA-256), check its pair and smoke-forecast."""
+    runtime.relax_gc()
     registry = runtime.registry()
     pair = registry.resolve(f"{registry.model_name}/{candidate}")
     smoke = ForecastParams.from_dict({**params, "pred_len": 4, "sample_count": 2, "lookback": 64, "min_history": 16})
@@ -86,6 +87,7 @@ def backtest(
     """Backtest scores of a pinned pair on the latest windows of the watchlist (same origins and seeds for all),
     and its calibration per interval: a walk-forward holdout report, and the calibration fitted on all the
     origins, stored for the version (``calibrate.fit_and_store``)."""
+    runtime.relax_gc()
     from .calibrate import fit_and_store
 
     if pair is None:

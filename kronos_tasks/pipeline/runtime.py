@@ -21,7 +21,8 @@ def relax_gc() -> None:
     objects once Airflow, torch, pandas and MLflow are imported, and at Python's default thresholds each import
     and each batch of rows set off another full collection that rescans them all: 14 full collections, 3.7-3.9 s
     of a 1,000-symbol daily run on 2 cores (bench/RESULTS.md). Memory is still freed by reference counting at
-    once; only reference cycles wait longer. Task entry points call it first."""
+    once; only reference cycles wait longer. The task functions that load a model or handle many rows call it
+    first, and so does ``run_dag`` for every task it runs in its process."""
     young, middle, old = gc.get_threshold()
     if young < GC_YOUNG_THRESHOLD:
         gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
