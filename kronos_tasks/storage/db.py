@@ -190,35 +190,37 @@ def _copy_table(connection: Connection, target: str, table: Table, data, same: d
     """COPY the Arrow table ``data`` (with the values of ``same`` in every row) into ``target`` (PostgreSQL) as
     CSV written by Arrow: no Python work per row. Struct columns go to JSON columns as objects."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
 
-    columns, names = [], []
-    for name, column in zip(data.column_names, data.columns):
-        if name in same:
-            continue
-        kind = column.type
-        if pa.types.is_timestamp(kind):
-            if kind.tz is None:
-                raise ValueError(
-                    f"column {name}: naive timestamps; kronos-flow stores timezone-aware UTC timestamps only."
-                )
-            # UTC wall-clock text with its offset: Arrow stores UTC, and its CSV writer converts zoned
-            # timestamps value by value (30x slower than this cast)
-            column = pc.binary_join_element_wise(pc.cast(column.cast(pa.timestamp(kind.unit)), pa.string()), "+00", "")
-        columns.append(_json_objects(column) if pa.types.is_struct(kind) else column)
-        names.append(name)
+    columns = {name: column for name, column in zip(data.column_names, data.columns) if name not in same}
     for name, value in zip(same, _processed(_copy_processors(connection, table), same)):
-        columns.append(pa.array([value] * data.num_rows))
-        names.append(name)
-    data = pa.Table.from_arrays(columns, names)
+        columns[name] = pa.array([value] * data.num_rows)
+    data = pa.table({name: _csv_column(name, column) for name, column in columns.items()})
     options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
     cursor = connection.connection.driver_connection.cursor()
-    with _driver_errors(f"COPY {target}"), cursor.copy(_copy_statement(target, names, " (FORMAT csv)")) as copy:
-        # in batches, so that the server reads one while Arrow writes the next
+    with _driver_errors(f"COPY {target}"), cursor.copy(_copy_statement(target, columns, " (FORMAT csv)")) as copy:
+        # in batches: the CSV text of a large table is never in memory all at once
         with pa_csv.CSVWriter(_CopySink(copy), data.schema, write_options=options) as writer:
             for batch in data.to_batches(max_chunksize=COPY_BATCH_ROWS):
                 writer.write_batch(batch)
+
+
+def _csv_column(name: str, column):
+    """An Arrow column as PostgreSQL reads it from CSV: struct columns as JSON objects, timestamps as UTC text
+    with its offset (naive ones refused); other columns as they are."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_struct(kind):
+        return _json_objects(column)
+    if pa.types.is_timestamp(kind):
+        if kind.tz is None:
+            raise ValueError(f"column {name}: naive timestamps; kronos-flow stores timezone-aware UTC timestamps only.")
+        # Arrow holds UTC values whatever the zone, and casting them is 30x faster than its CSV writer's
+        # formatting of zoned timestamps
+        return pc.binary_join_element_wise(pc.cast(column.cast(pa.timestamp(kind.unit)), pa.string()), "+00", "")
+    return column
 
 
 class _CopySink(io.RawIOBase):
