@@ -197,6 +197,34 @@ def test_future_timestamps_follow_the_exchange_calendars():
     assert list(crypto) == [pd.Timestamp("2024-01-07 00:00", tz="UTC"), pd.Timestamp("2024-01-07 01:00", tz="UTC")]
 
 
+def test_each_calendar_is_built_once_however_its_answers_interleave(monkeypatch):
+    """Building an exchange calendar costs 0.1-0.3 s. exchange_calendars keeps one per name and replaces it
+    when one over other dates is asked for, so asking for the time zone between ranged answers rebuilt the
+    default calendar each time (three times per forecast task)."""
+    import exchange_calendars
+
+    from kronos_tasks.data import calendars
+
+    kind = type(exchange_calendars.get_calendar("XNYS"))
+    built = []
+    original = kind.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append((kwargs.get("start"), kwargs.get("end")))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(kind, "__init__", counting)
+    calendars._calendar.cache_clear()
+    calendars._calendar_class.cache_clear()
+    exchange_calendars.calendar_utils.global_calendar_dispatcher._factory_output_cache.clear()
+    days = pd.Series(pd.date_range("2024-06-03 13:30", periods=40, freq="B", tz="UTC"))
+    for _ in range(3):
+        assert exchange_timezone("XNYS") == "America/New_York"
+        future_timestamps(days.iloc[-1], 5, Interval.parse("1d"), "XNYS", days)
+        calendars.closed_bars(days.iloc[-1] + pd.Timedelta(days=1), 3, Interval.parse("1d"), "XNYS", days)
+    assert len(built) == 3  # the default calendar, and one over each of the two date ranges asked for
+
+
 def test_unknown_exchange_says_what_to_use():
     with pytest.raises(DataError, match="unknown exchange 'MOON'.*XNYS"):
         exchange_timezone("MOON")

@@ -40,19 +40,31 @@ def exchange_timezone(exchange: str) -> str:
     name = _calendar_name(exchange)
     if name == "24/7":
         return "UTC"
-    return str(xcals.get_calendar(name).tz)
+    return _zone(name)
+
+
+@lru_cache(maxsize=None)
+def _calendar_class(name: str) -> type:
+    # The library keeps one calendar per name and replaces it whenever one over other dates is asked for, and
+    # building one costs 0.1-0.3 s: calendars over given dates are made from the class, so its default
+    # calendar (made here, once) stays cached.
+    return type(xcals.get_calendar(name))
+
+
+def _zone(name: str) -> str:
+    return str(_calendar_class(name).tz)
 
 
 @lru_cache(maxsize=64)
 def _calendar(name: str, start: pd.Timestamp, end: pd.Timestamp):
     """The calendar over [start, end], cut to the years the library has holidays for."""
-    kind = type(xcals.get_calendar(name))
+    kind = _calendar_class(name)
     lowest, highest = kind.bound_min(), kind.bound_max()  # None where the calendar has no bound
     if lowest is not None:
         start = max(start, lowest)
     if highest is not None:
         end = min(end, highest)
-    return xcals.get_calendar(name, start=start, end=end)
+    return kind(start=start, end=end)
 
 
 def _segments(calendar, session: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
@@ -106,7 +118,7 @@ def future_timestamps(
         step = pd.Timedelta(days=1) if interval.daily else interval.timedelta
         return pd.DatetimeIndex([last + k * step for k in range(1, pred_len + 1)])
 
-    zone = str(xcals.get_calendar(name).tz)
+    zone = _zone(name)
     local_last = last.tz_convert(zone)
     first_day = local_last.normalize().tz_localize(None)
     earliest = first_day
@@ -157,7 +169,7 @@ def closed_bars(
         step = pd.Timedelta(days=1) if interval.daily else interval.timedelta
         newest = last + math.floor((at - last - step) / step) * step  # the newest bar whose end is <= at
         return pd.DatetimeIndex([newest - k * step for k in range(count - 1, -1, -1)])
-    zone = str(xcals.get_calendar(name).tz)
+    zone = _zone(name)
     span = count if interval.daily else math.ceil(count * interval.timedelta / pd.Timedelta(hours=4))
     first_day = (at.tz_convert(zone) - pd.Timedelta(days=span * 2 + 10)).normalize().tz_localize(None)
     last_day = at.tz_convert(zone).normalize().tz_localize(None)
@@ -193,7 +205,7 @@ def bar_closes(labels: pd.Series, interval: Interval, exchange: str, end_labelle
     name = _calendar_name(exchange)
     if name == "24/7" or labels.empty:
         return labels + pd.Timedelta(days=1)
-    zone = str(xcals.get_calendar(name).tz)
+    zone = _zone(name)
     days = labels.dt.tz_convert(zone).dt.normalize().dt.tz_localize(None)
     calendar = _calendar(name, days.min() - pd.Timedelta(days=10), days.max() + pd.Timedelta(days=10))
     closes = calendar.closes  # session -> close (UTC)
