@@ -423,3 +423,47 @@ def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(krono
     monkeypatch.setattr(daily, "FORECAST_CHUNK", 500)
     daily.forecast(run, 0)  # the whole shard at once stages the same rows
     assert staged() == chunked
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e5, -1e9])
+def test_fan_charts_keep_every_label_inside_the_image_and_apart(scale):
+    """The charts' margins are set from the tick labels, not measured by a drawing pass: at any price scale
+    (the formatter's offset and signs included) no label leaves the image and stacked charts do not touch."""
+    import matplotlib.pyplot as plt
+
+    from kronos_tasks.pipeline.charts import FanInput, Provenance, fan_figure, overview_figure
+
+    rng = np.random.default_rng(7)
+    history = pd.DataFrame(
+        {
+            "ts": pd.date_range("2024-03-01 20:00", periods=60, freq="B", tz="UTC"),
+            "close": scale * (1 + 0.01 * rng.standard_normal(60).cumsum()),
+        }
+    )
+    steps = np.arange(1, 25)
+    mean = scale * (1 + 0.01 * rng.standard_normal(24).cumsum())
+    forecast = pd.DataFrame(
+        {
+            "step": steps,
+            "target_ts": pd.date_range("2024-05-23 20:00", periods=24, freq="B", tz="UTC"),
+            "mean": mean,
+            "prob_above_last": 0.5,
+            "q0.1": mean - abs(scale) * 0.05,
+            "q0.5": mean,
+            "q0.9": mean + abs(scale) * 0.05,
+        }
+    )
+    fans = [FanInput(f"SYMBOL-{n}", "1d", "America/New_York", history, forecast) for n in range(4)]
+    about = Provenance("run 2024-05-23 21:30 UTC", "kronos-model v12", "UNTRAINED model: its forecasts are noise")
+    for figure in (fan_figure(fans[0], about), overview_figure(fans, about, total=1000)):
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        image = figure.bbox
+        boxes = [axis.get_tightbbox(renderer) for axis in figure.axes]
+        if figure._suptitle is not None:
+            boxes.insert(0, figure._suptitle.get_window_extent(renderer))
+        for box in boxes:
+            assert image.x0 <= box.x0 and box.x1 <= image.x1 and image.y0 <= box.y0 and box.y1 <= image.y1, (box, image)
+        for upper, lower in zip(boxes, boxes[1:]):
+            assert lower.y1 < upper.y0, (upper, lower)  # stacked top to bottom, apart
+        plt.close(figure)

@@ -16,6 +16,8 @@ import pandas as pd  # noqa: E402
 
 FEATURE = "close"
 BAND_ALPHAS = (0.14, 0.24, 0.34)  # outer to inner
+TICK_CHAR_INCHES = 0.085  # a tick label character at the default size, with room to spare
+OFFSET_TEXT_INCHES = 0.2  # the line of a y axis's offset or scale ("1e9") above it
 
 
 @dataclass(frozen=True)
@@ -139,25 +141,67 @@ def draw_fan(axis, fan: FanInput, provenance: Provenance, compact: bool = False)
     axis.legend(loc="upper left", fontsize=7, ncol=2 if compact else 1)
 
 
-def fan_chart(fan: FanInput, provenance: Provenance, path: Path) -> None:
-    """One symbol's fan chart, written to ``path``."""
+def fit_margins(figure, axes: list, top: float = 0.32, gap: float = 0.62) -> None:
+    """Set margins that fit the fan charts' labels, without the drawing passes ``tight_layout`` and a
+    saved figure with a layout engine make (each as costly as drawing the figure): the left one from the
+    widest y tick label as its formatter writes it; the others fixed (titles, x labels and tick labels
+    have one font size and line). ``top`` is the space above the first axes, ``gap`` between stacked axes."""
+    chars, offset = 0, False
+    for axis in axes:
+        ticks = [t for t in axis.get_yticks() if axis.get_ylim()[0] <= t <= axis.get_ylim()[1]]
+        formatter = axis.yaxis.get_major_formatter()
+        chars = max([chars, *(len(label) for label in formatter.format_ticks(ticks))])
+        offset = offset or bool(formatter.get_offset())  # "1e9" above the axis, where the title is
+    if offset:
+        top, gap = top + OFFSET_TEXT_INCHES, gap + OFFSET_TEXT_INCHES
+    width, height = figure.get_size_inches()
+    left = 0.42 + TICK_CHAR_INCHES * chars  # the y label, its pad and the tick marks, then the labels
+    bottom = 0.5  # tick labels and the x label
+    figure.subplots_adjust(
+        left=left / width,
+        right=1 - 0.12 / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        hspace=gap / ((height - top - bottom - gap * (len(axes) - 1)) / len(axes)) if len(axes) > 1 else None,
+    )
+
+
+def fan_figure(fan: FanInput, provenance: Provenance):
+    """One symbol's fan chart as a matplotlib figure (close it when done)."""
     figure, axis = plt.subplots(figsize=(10, 4.2))
     draw_fan(axis, fan, provenance)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    fit_margins(figure, [axis])
+    return figure
 
 
-def overview(fans: list[FanInput], provenance: Provenance, path: Path, total: int) -> None:
-    """The first symbols' fan charts stacked in one image; the title says how many the run had."""
+def overview_figure(fans: list[FanInput], provenance: Provenance, total: int):
+    """The first symbols' fan charts stacked in one figure; the title says how many the run had."""
     figure, axes = plt.subplots(len(fans), 1, figsize=(10, 3.3 * len(fans)), squeeze=False)
     for axis, fan in zip(axes[:, 0], fans):
         draw_fan(axis, fan, provenance, compact=True)
     if total > len(fans):
         figure.suptitle(
-            f"{len(fans)} of {total} symbols (one chart per symbol under charts/)", fontsize=9, x=0.01, ha="left"
+            f"{len(fans)} of {total} symbols (one chart per symbol under charts/)",
+            fontsize=9,
+            x=0.01,
+            ha="left",
+            y=1 - 0.08 / figure.get_figheight(),
+            va="top",
         )
-    figure.tight_layout()
+    fit_margins(figure, list(axes[:, 0]), top=0.6 if total > len(fans) else 0.32)
+    return figure
+
+
+def fan_chart(fan: FanInput, provenance: Provenance, path: Path) -> None:
+    """One symbol's fan chart, written to ``path``."""
+    figure = fan_figure(fan, provenance)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def overview(fans: list[FanInput], provenance: Provenance, path: Path, total: int) -> None:
+    """``overview_figure`` written to ``path``."""
+    figure = overview_figure(fans, provenance, total)
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
