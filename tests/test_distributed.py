@@ -34,7 +34,7 @@ def stack(tmp_path, postgres_admin_url):
 def test_daily_dag_through_celery_workers_survives_a_killed_gpu_worker(stack):
     from sqlalchemy import create_engine, func, select
 
-    from kronos_tasks.storage.models import Forecast, ForecastRun, StagedForecast
+    from kronos_tasks.storage.models import Forecast, ForecastRun, StagedForecastChunk
 
     api = stack.api
     wait_for("the DAG to be parsed", lambda: api.ok("GET", f"/api/v2/dags/{DAG_ID}"), 240, stack, 2)
@@ -91,7 +91,7 @@ def test_daily_dag_through_celery_workers_survives_a_killed_gpu_worker(stack):
             select(ForecastRun.run_id, ForecastRun.status, ForecastRun.mlflow_run_id, ForecastRun.extra)
         ).one()
         count = connection.execute(select(func.count()).where(Forecast.run_id == stored.run_id)).scalar_one()
-        staged = connection.execute(select(func.count()).select_from(StagedForecast)).scalar_one()
+        staged = connection.execute(select(func.count()).select_from(StagedForecastChunk)).scalar_one()
     engine.dispose()
     assert stored.status == "success" and count == 2 * 6 * 96 and staged == 0
     assert stored.extra["hosts"], "the forecast recorded the host it ran on"

@@ -384,7 +384,8 @@ def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(krono
     from kronos_tasks.pipeline.ingest import ingest_file
     from kronos_tasks.registry import Registry
     from kronos_tasks.storage import item_failures, make_engine, upgrade
-    from kronos_tasks.storage.models import StagedForecast, StagedWindow
+    from kronos_tasks.storage.models import StagedForecastChunk, StagedWindow
+    from kronos_tasks.storage.runs import _ipc_table
 
     engine = make_engine(kronos_env.db_url)
     upgrade(engine)
@@ -399,15 +400,18 @@ def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(krono
 
     def staged() -> tuple[list, list]:
         with runtime.engine().connect() as connection:
-            rows = connection.execute(
-                select(StagedForecast.symbol, StagedForecast.feature, StagedForecast.step, StagedForecast.mean)
-                .where(StagedForecast.run_id == run.run_id)
-                .order_by(StagedForecast.symbol, StagedForecast.feature, StagedForecast.step)
-            ).all()
+            chunks = connection.execute(
+                select(StagedForecastChunk.arrow).where(StagedForecastChunk.run_id == run.run_id)
+            ).scalars()
+            rows = [
+                (r["symbol"], r["feature"], r["step"], r["mean"])
+                for chunk in chunks
+                for r in _ipc_table(chunk).to_pylist()
+            ]
             windows = connection.execute(
                 select(StagedWindow.symbol, StagedWindow.sha256).where(StagedWindow.run_id == run.run_id)
             ).all()
-        return rows, sorted(windows)
+        return sorted(rows), sorted(windows)
 
     # torch's thread pools are process-wide: left as they are here (a pool resized in a process that later
     # forks, as mutmut's runner does, can hang the children)

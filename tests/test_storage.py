@@ -34,7 +34,7 @@ UTC = timezone.utc
 def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     with engine.connect() as connection:
         context = MigrationContext.configure(
             connection, opts={"compare_type": True, "version_table": "kronos_alembic_version"}
@@ -46,6 +46,33 @@ def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
     upgrade(engine)
     upgrade(engine)  # idempotent
     assert {"bars", "forecasts", "forecast_runs", "symbol_failures", "forecast_scores"} <= table_names(engine)
+    engine.dispose()
+
+
+def test_the_staging_upgrade_refuses_to_drop_rows_of_runs_in_flight(db_url):
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    downgrade(engine, "base")
+    upgrade(engine, "0004")
+    row = {k: v for k, v in forecast_rows("in-flight", 11.0)[0].items()}
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO staged_forecasts (run_id, batch, symbol, feature, step, interval, origin_ts, target_ts, "
+                "last_value, mean, quantiles, prob_above_last, series_seed, staged_at) VALUES (:run_id, 'b', :symbol, "
+                ":feature, :step, :interval, :origin_ts, :target_ts, :last_value, :mean, '{}', 0.5, 1, :origin_ts)"
+            ),
+            row,
+        )
+    with pytest.raises(RuntimeError, match="1 run.*in-flight.*let them finish"):
+        upgrade(engine)
+    assert current_revision(engine) == "0004"  # nothing changed: the staged row is still there
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM staged_forecasts")).scalar_one() == 1
+        connection.execute(text("DELETE FROM staged_forecasts"))
+    upgrade(engine)
+    assert current_revision(engine) == "0005"
     engine.dispose()
 
 
@@ -208,46 +235,62 @@ def test_naive_timestamps_are_refused(engine):
         persist_run(engine, run_row("r3", started_at=datetime(2024, 8, 29)), [], [])
 
 
+def staged_rows(engine, run_id: str) -> int:
+    from kronos_tasks.storage.models import StagedForecastChunk
+
+    with engine.connect() as connection:
+        query = select(func.coalesce(func.sum(StagedForecastChunk.rows), 0)).where(StagedForecastChunk.run_id == run_id)
+        return connection.execute(query).scalar_one()
+
+
 def test_staged_batches_move_into_the_run_atomically(engine):
     from kronos_tasks.storage import clear_staging, stage_forecasts
-    from kronos_tasks.storage.models import StagedForecast
 
     rows = forecast_rows("r4", 11.0)
-    stage_forecasts(engine, "r4", "batch-0", rows[:2])
+    stage_forecasts(engine, "r4", "batch-0", rows[:1])
+    stage_forecasts(engine, "r4", "batch-0", rows[1:2], append=True)  # a second chunk of the same attempt
     stage_forecasts(engine, "r4", "batch-1", [dict(r, mean=50.0) for r in rows[2:]])
     stage_forecasts(engine, "r4", "batch-1", rows[2:])  # a retried batch replaces what it staged
-    assert count(engine, StagedForecast, "r4") == 4
+    assert staged_rows(engine, "r4") == 4
     assert persist_run(engine, run_row("r4"), None, []) == 4
-    assert count(engine, StagedForecast, "r4") == 0 and count(engine, Forecast, "r4") == 4
+    assert staged_rows(engine, "r4") == 0 and count(engine, Forecast, "r4") == 4
     with engine.connect() as connection:
-        assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r4")).scalars()) == {11.0}
+        columns = (Forecast.feature, Forecast.step, Forecast.mean, Forecast.quantiles, Forecast.target_ts)
+        stored = connection.execute(select(*columns).where(Forecast.run_id == "r4")).all()
+    assert sorted(stored) == sorted(
+        (r["feature"], r["step"], r["mean"], r["quantiles"], r["target_ts"]) for r in rows
+    )
     stage_forecasts(engine, "r4", "batch-0", rows[:1])
     clear_staging(engine, "r4")
-    assert count(engine, StagedForecast, "r4") == 0
+    assert staged_rows(engine, "r4") == 0
+
+
+def test_staged_rows_with_naive_timestamps_are_refused_when_staged(engine):
+    from kronos_tasks.storage import stage_forecasts
+
+    row = forecast_rows("r5", 11.0)[0]
+    with pytest.raises(ValueError, match="origin_ts: naive timestamps"):
+        stage_forecasts(engine, "r5", "batch-0", [dict(row, origin_ts=row["origin_ts"].replace(tzinfo=None))])
+    assert staged_rows(engine, "r5") == 0
 
 
 def test_inserted_rows_take_the_values_every_row_shares_over_their_own(engine):
     from kronos_tasks.storage.db import insert_rows
-    from kronos_tasks.storage.models import StagedForecast
 
-    now = datetime(2024, 8, 30, 1, tzinfo=UTC)
-    rows = [dict(r, batch="own", staged_at=datetime(2000, 1, 1, tzinfo=UTC)) for r in forecast_rows("r7", 11.0)]
+    persist_run(engine, run_row("r8"), [], [])
+    rows = forecast_rows("r7", 11.0)
     with engine.begin() as connection:
-        assert (
-            insert_rows(connection, StagedForecast.__table__, rows, {"run_id": "r8", "batch": "b-1", "staged_at": now})
-            == 4
-        )
-    columns = (StagedForecast.run_id, StagedForecast.batch, StagedForecast.staged_at, StagedForecast.feature)
+        assert insert_rows(connection, Forecast.__table__, rows, {"run_id": "r8", "interval": "5min"}) == 4
+    columns = (Forecast.run_id, Forecast.interval, Forecast.feature, Forecast.step, Forecast.quantiles)
     with engine.connect() as connection:
-        stored = connection.execute(select(*columns, StagedForecast.step, StagedForecast.quantiles)).all()
-    assert sorted(stored) == sorted(("r8", "b-1", now, r["feature"], r["step"], r["quantiles"]) for r in rows)
+        stored = connection.execute(select(*columns)).all()
+    assert sorted(stored) == sorted(("r8", "5min", r["feature"], r["step"], r["quantiles"]) for r in rows)
 
 
 def test_rows_given_as_an_arrow_table_are_stored_as_the_same_rows_given_as_dicts(engine):
     import pyarrow as pa
 
     from kronos_tasks.storage.db import insert_rows, insert_table
-    from kronos_tasks.storage.models import StagedForecast
 
     rows = forecast_rows("r9", 11.0)
     awkward = [0.1 + 0.2, 1e-7, 1e20, -0.0]  # floats whose text must read back to the same value
@@ -258,26 +301,24 @@ def test_rows_given_as_an_arrow_table_are_stored_as_the_same_rows_given_as_dicts
     for row in rows[1:]:
         row.update(calibrated_quantiles=None, calibrated_prob_above_last=None)
     table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "run_id"} for row in rows])
-    now = datetime(2024, 8, 30, 1, tzinfo=UTC)
+    for run_id in ("r9-table", "r9-dicts"):
+        persist_run(engine, run_row(run_id), [], [])
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":  # text without an offset would be read in the session's zone
             connection.exec_driver_sql("SET LOCAL TIME ZONE 'Asia/Tokyo'")
-        assert (
-            insert_table(connection, StagedForecast.__table__, table, {"run_id": "r9", "batch": "t", "staged_at": now})
-            == 4
-        )
-        insert_rows(connection, StagedForecast.__table__, rows, {"run_id": "r9", "batch": "d", "staged_at": now})
-    columns = [c for c in StagedForecast.__table__.columns if c.name != "batch"]
+        assert insert_table(connection, Forecast.__table__, table, {"run_id": "r9-table"}) == 4
+        insert_rows(connection, Forecast.__table__, rows, {"run_id": "r9-dicts"})
+    columns = [c for c in Forecast.__table__.columns if c.name != "run_id"]
     with engine.connect() as connection:
         stored = {
-            batch: sorted(connection.execute(select(*columns).where(StagedForecast.batch == batch)).all())
-            for batch in ("t", "d")
+            run_id: sorted(connection.execute(select(*columns).where(Forecast.run_id == run_id)).all())
+            for run_id in ("r9-table", "r9-dicts")
         }
-    assert stored["t"] == stored["d"] and len(stored["t"]) == 4
-    by_symbol = {row.symbol: row for row in stored["t"]}
+    assert stored["r9-table"] == stored["r9-dicts"] and len(stored["r9-table"]) == 4
+    by_symbol = {row.symbol: row for row in stored["r9-table"]}
     assert [by_symbol[row["symbol"]].mean for row in rows] == awkward
     assert by_symbol['A,"B'].quantiles == {"0.1": 0.1 + 0.2, "0.5": 3.0, "0.9": 1e-300}
-    assert [type(v) for row in stored["t"] for v in row.quantiles.values()] == [float] * 12  # 3.0 and -0.0 too
+    assert [type(v) for row in stored["r9-table"] for v in row.quantiles.values()] == [float] * 12  # 3.0, -0.0 too
     assert by_symbol['A,"B'].calibrated_quantiles == {"0.1": 1.0, "0.5": 2.0, "0.9": 3.0}
     assert by_symbol[""].calibrated_quantiles is None and by_symbol[""].calibrated_prob_above_last is None
     assert by_symbol["E"].target_ts == rows[3]["target_ts"] and by_symbol["E"].target_ts.utcoffset() == pd.Timedelta(0)
@@ -287,19 +328,16 @@ def test_an_arrow_table_with_naive_timestamps_is_refused(engine):
     import pyarrow as pa
 
     from kronos_tasks.storage.db import insert_table
-    from kronos_tasks.storage.models import StagedForecast
 
+    persist_run(engine, run_row("r10"), [], [])
     row = {k: v for k, v in forecast_rows("r10", 11.0)[0].items() if k != "run_id"}
     table = pa.Table.from_pylist([dict(row, origin_ts=row["origin_ts"].replace(tzinfo=None))])
     with pytest.raises(Exception, match="naive timestamp"), engine.begin() as connection:
-        insert_table(
-            connection, StagedForecast.__table__, table, {"run_id": "r10", "batch": "t", "staged_at": datetime.now(UTC)}
-        )
+        insert_table(connection, Forecast.__table__, table, {"run_id": "r10"})
 
 
 def test_a_failed_persist_from_staging_keeps_the_stored_run_and_the_staged_rows(engine):
     from kronos_tasks.storage import stage_forecasts
-    from kronos_tasks.storage.models import StagedForecast
 
     persist_run(engine, run_row("r6"), forecast_rows("r6", 11.0), [])
     stage_forecasts(engine, "r6", "shard-0000", forecast_rows("r6", 12.0))
@@ -309,7 +347,7 @@ def test_a_failed_persist_from_staging_keeps_the_stored_run_and_the_staged_rows(
     assert get_run(engine, "r6").status == "success" and count(engine, Forecast, "r6") == 4
     with engine.connect() as connection:
         assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r6")).scalars()) == {11.0}
-    assert count(engine, StagedForecast, "r6") == 4  # still staged: a retried persist finds them
+    assert staged_rows(engine, "r6") == 4  # still staged: a retried persist finds them
     assert persist_run(engine, run_row("r6", status="partial"), None, []) == 4
     with engine.connect() as connection:
         assert set(connection.execute(select(Forecast.mean).where(Forecast.run_id == "r6")).scalars()) == {12.0}

@@ -9,7 +9,7 @@ start (09:30 ... 15:55 on the NYSE); the label is inferred from the history. Exc
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import exchange_calendars as xcals
 import pandas as pd
@@ -43,7 +43,7 @@ def exchange_timezone(exchange: str) -> str:
     return _zone(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _calendar_class(name: str) -> type:
     # The library keeps one calendar per name and replaces it whenever one over other dates is asked for, and
     # building one costs 0.1-0.3 s: calendars over given dates are made from the class, so its default

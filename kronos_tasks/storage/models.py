@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -179,30 +180,22 @@ class Forecast(Base):
     __table_args__ = (Index("ix_forecasts_symbol_target", "symbol", "target_ts"),)
 
 
-class StagedForecast(Base):
-    """Forecast rows written by one forecast batch task before the run is persisted.
+class StagedForecastChunk(Base):
+    """Forecast rows written by one forecast batch task before the run is persisted: one row per chunk of
+    symbols, holding the chunk's forecast rows as an Arrow IPC stream (``forecasting.windows.forecast_table``'s
+    columns, no ``run_id``).
 
-    A retried batch replaces its own rows; persisting the run moves every batch's rows into ``forecasts``
-    in one transaction. Staging lives in the database so that workers on any host can write it.
+    A retried batch replaces its own chunks; persisting the run copies every chunk's rows into ``forecasts``
+    in one transaction. Staging lives in the database so that workers on any host can write it, and in chunks
+    so that the rows are written to the database once, by that copy, not once more here.
     """
 
-    __tablename__ = "staged_forecasts"
+    __tablename__ = "staged_forecast_chunks"
     run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
     batch: Mapped[str] = mapped_column(String(64), primary_key=True)
-    symbol: Mapped[str] = mapped_column(String(SYMBOL_MAX), primary_key=True)
-    feature: Mapped[str] = mapped_column(String(16), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    interval: Mapped[str] = mapped_column(String(16))
-    origin_ts: Mapped[datetime] = mapped_column(UtcDateTime())
-    target_ts: Mapped[datetime] = mapped_column(UtcDateTime())
-    last_value: Mapped[float] = mapped_column(Float)
-    mean: Mapped[float] = mapped_column(Float)
-    quantiles: Mapped[dict] = mapped_column(JSON)
-    prob_above_last: Mapped[float] = mapped_column(Float)
-    series_seed: Mapped[int] = mapped_column(BigInteger)
-    calibrated_quantiles: Mapped[dict | None] = mapped_column(JSON)
-    calibrated_prob_above_last: Mapped[float | None] = mapped_column(Float)
-    baseline_quantiles: Mapped[dict | None] = mapped_column(JSON)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0, 1, ... within the batch
+    rows: Mapped[int] = mapped_column(Integer)
+    arrow: Mapped[bytes] = mapped_column(LargeBinary)
     staged_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

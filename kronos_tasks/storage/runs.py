@@ -19,13 +19,13 @@ from .models import (
     ForecastWindow,
     ModelDecision,
     RunItem,
-    StagedForecast,
+    StagedForecastChunk,
     StagedWindow,
     SymbolFailure,
 )
 
 FORECAST_COLUMNS = [c.name for c in Forecast.__table__.columns]
-STAGING = ((StagedForecast, Forecast), (StagedWindow, ForecastWindow))  # (staging table, the run's table)
+ARROW_CODEC = "zstd"  # a chunk's IPC stream: 3.6 MB of 500 symbols' rows in 2.4 MB, 3 ms to read back
 
 
 def stage_forecasts(
@@ -36,24 +36,73 @@ def stage_forecasts(
     windows: Sequence[dict[str, Any]] = (),
     append: bool = False,
 ) -> None:
-    """Write one batch's forecast rows (dicts, or an Arrow table of ``forecasting.windows.forecast_table``) and
-    their windows to staging, replacing what an earlier attempt of the batch staged (or, with ``append``,
-    adding to what this attempt staged so far)."""
+    """Stage one chunk of a batch's forecast rows (dicts, or an Arrow table of
+    ``forecasting.windows.forecast_table``) and their windows, replacing what an earlier attempt of the batch
+    staged (or, with ``append``, adding to what this attempt staged so far). Timestamps must carry a zone."""
+    table = _forecast_table(rows)
     now = datetime.now(timezone.utc)
-    same = {"run_id": run_id, "batch": batch, "staged_at": now}
     with engine.begin() as connection:
-        if not append:
-            for staged, _ in STAGING:
+        if append:
+            chunk = connection.execute(
+                select(func.coalesce(func.max(StagedForecastChunk.chunk) + 1, 0)).where(
+                    StagedForecastChunk.run_id == run_id, StagedForecastChunk.batch == batch
+                )
+            ).scalar_one()
+        else:
+            chunk = 0
+            for staged in (StagedForecastChunk, StagedWindow):
                 connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
-        insert = insert_rows if isinstance(rows, Sequence) else insert_table
-        insert(connection, StagedForecast.__table__, rows, same)
-        insert_rows(connection, StagedWindow.__table__, windows, same)
+        if table.num_rows:
+            connection.execute(
+                StagedForecastChunk.__table__.insert(),
+                {
+                    "run_id": run_id,
+                    "batch": batch,
+                    "chunk": chunk,
+                    "rows": table.num_rows,
+                    "arrow": _ipc_bytes(table),
+                    "staged_at": now,
+                },
+            )
+        insert_rows(connection, StagedWindow.__table__, windows, {"run_id": run_id, "batch": batch, "staged_at": now})
+
+
+def _forecast_table(rows):
+    """Forecast rows as an Arrow table without ``run_id`` (the run's own is added when they are persisted)."""
+    import pyarrow as pa
+
+    if isinstance(rows, Sequence):
+        rows = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "run_id"} for row in rows])
+    elif "run_id" in rows.column_names:
+        rows = rows.drop_columns(["run_id"])
+    for field in rows.schema:
+        if pa.types.is_timestamp(field.type) and field.type.tz is None:
+            raise ValueError(
+                f"column {field.name}: naive timestamps; kronos-flow stores timezone-aware UTC timestamps only."
+            )
+    return rows
+
+
+def _ipc_bytes(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema, options=ipc.IpcWriteOptions(compression=ARROW_CODEC)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _ipc_table(data: bytes):
+    import pyarrow.ipc as ipc
+
+    return ipc.open_stream(data).read_all()
 
 
 def clear_staging(engine: Engine, run_id: str) -> None:
     """Forget everything staged for ``run_id`` (at the start of a run, so a re-run starts clean)."""
     with engine.begin() as connection:
-        for staged, _ in STAGING:
+        for staged in (StagedForecastChunk, StagedWindow):
             connection.execute(delete(staged).where(staged.run_id == run_id))
 
 
@@ -76,14 +125,21 @@ def persist_run(
         for table in (Forecast, ForecastWindow, SymbolFailure, ForecastScore):
             connection.execute(delete(table).where(table.run_id == run_id))
         if forecasts is None:
-            for staged, table in STAGING:
-                columns = [c.name for c in table.__table__.columns]
-                rows = select(*(getattr(staged, name) for name in columns)).where(staged.run_id == run_id)
-                connection.execute(table.__table__.insert().from_select(columns, rows))
-                connection.execute(delete(staged).where(staged.run_id == run_id))
-            written = connection.execute(
-                select(func.count()).select_from(Forecast).where(Forecast.run_id == run_id)
-            ).scalar_one()
+            written = 0
+            staged = StagedForecastChunk
+            chunks = connection.execute(
+                select(staged.batch, staged.chunk).where(staged.run_id == run_id).order_by(staged.batch, staged.chunk)
+            ).all()
+            for batch, chunk in chunks:  # one chunk in memory at a time
+                data = connection.execute(
+                    select(staged.arrow).where(staged.run_id == run_id, staged.batch == batch, staged.chunk == chunk)
+                ).scalar_one()
+                written += insert_table(connection, Forecast.__table__, _ipc_table(data), {"run_id": run_id})
+            connection.execute(delete(staged).where(staged.run_id == run_id))
+            columns = [c.name for c in ForecastWindow.__table__.columns]
+            rows = select(*(getattr(StagedWindow, name) for name in columns)).where(StagedWindow.run_id == run_id)
+            connection.execute(ForecastWindow.__table__.insert().from_select(columns, rows))
+            connection.execute(delete(StagedWindow).where(StagedWindow.run_id == run_id))
             hashes = dict(
                 connection.execute(
                     select(ForecastWindow.symbol, ForecastWindow.sha256).where(ForecastWindow.run_id == run_id)
