@@ -200,7 +200,8 @@ def test_future_timestamps_follow_the_exchange_calendars():
 def test_each_calendar_is_built_once_however_its_answers_interleave(monkeypatch):
     """Building an exchange calendar costs 0.1-0.3 s. exchange_calendars keeps one per name and replaces it
     when one over other dates is asked for, so asking for the time zone between ranged answers rebuilt the
-    default calendar each time (three times per forecast task)."""
+    default calendar each time (three times per forecast task); freshness and future bar times, asking for
+    nearby date ranges, share one calendar over their years."""
     import exchange_calendars
 
     from kronos_tasks.data import calendars
@@ -214,7 +215,7 @@ def test_each_calendar_is_built_once_however_its_answers_interleave(monkeypatch)
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(kind, "__init__", counting)
-    calendars._calendar.cache_clear()
+    calendars._years_calendar.cache_clear()
     calendars._calendar_class.cache_clear()
     exchange_calendars.calendar_utils.global_calendar_dispatcher._factory_output_cache.clear()
     days = pd.Series(pd.date_range("2024-06-03 13:30", periods=40, freq="B", tz="UTC"))
@@ -222,7 +223,8 @@ def test_each_calendar_is_built_once_however_its_answers_interleave(monkeypatch)
         assert exchange_timezone("XNYS") == "America/New_York"
         future_timestamps(days.iloc[-1], 5, Interval.parse("1d"), "XNYS", days)
         calendars.closed_bars(days.iloc[-1] + pd.Timedelta(days=1), 3, Interval.parse("1d"), "XNYS", days)
-    assert len(built) == 3  # the default calendar, and one over each of the two date ranges asked for
+    # the default calendar, and one over the years of both date ranges asked for
+    assert len(built) == 2 and built[1] == (pd.Timestamp("2024-01-01"), pd.Timestamp("2024-12-31"))
 
 
 def test_unknown_exchange_says_what_to_use():

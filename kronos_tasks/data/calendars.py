@@ -55,9 +55,15 @@ def _zone(name: str) -> str:
     return str(_calendar_class(name).tz)
 
 
-@lru_cache(maxsize=64)
 def _calendar(name: str, start: pd.Timestamp, end: pd.Timestamp):
-    """The calendar over [start, end], cut to the years the library has holidays for."""
+    """A calendar covering [start, end]: the whole calendar years around them, so that the nearby ranges the
+    symbols of a task ask for share one (cut to the years the library has holidays for)."""
+    return _years_calendar(name, start.year, end.year)
+
+
+@lru_cache(maxsize=64)
+def _years_calendar(name: str, first_year: int, last_year: int):
+    start, end = pd.Timestamp(first_year, 1, 1), pd.Timestamp(last_year, 12, 31)
     kind = _calendar_class(name)
     lowest, highest = kind.bound_min(), kind.bound_max()  # None where the calendar has no bound
     if lowest is not None:
