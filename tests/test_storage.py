@@ -257,9 +257,7 @@ def test_staged_batches_move_into_the_run_atomically(engine):
     with engine.connect() as connection:
         columns = (Forecast.feature, Forecast.step, Forecast.mean, Forecast.quantiles, Forecast.target_ts)
         stored = connection.execute(select(*columns).where(Forecast.run_id == "r4")).all()
-    assert sorted(stored) == sorted(
-        (r["feature"], r["step"], r["mean"], r["quantiles"], r["target_ts"]) for r in rows
-    )
+    assert sorted(stored) == sorted((r["feature"], r["step"], r["mean"], r["quantiles"], r["target_ts"]) for r in rows)
     stage_forecasts(engine, "r4", "batch-0", rows[:1])
     clear_staging(engine, "r4")
     assert staged_rows(engine, "r4") == 0
@@ -374,7 +372,7 @@ def test_run_items_are_sharded_read_by_key_and_record_failures(engine):
 
 def test_batched_window_reads_equal_one_read_per_symbol(engine):
     from kronos_tasks.data.watchlist import WatchItem
-    from kronos_tasks.storage import read_windows
+    from kronos_tasks.storage import read_windows, window_starts
 
     ingest_paths(engine, [SAMPLE_DATA / "a_share_5min.csv"], exchange="XSHG")
     ingest_paths(engine, [SAMPLE_DATA / "GOOG_1d.csv"], exchange="XNYS")
@@ -389,6 +387,9 @@ def test_batched_window_reads_equal_one_read_per_symbol(engine):
     later = read_windows(engine, items, datetime(2030, 1, 1, tzinfo=UTC), 64)
     for item in items[:2]:
         pd.testing.assert_frame_equal(later[item.symbol], read_bars(engine, item.symbol, item.interval, limit=64))
+    starts = window_starts(engine, items, datetime(2030, 1, 1, tzinfo=UTC), 64)  # where each window starts
+    assert starts == {symbol: frame["ts"].iloc[0] for symbol, frame in later.items()}
+    assert window_starts(engine, items[1:], end, 100) == {}
 
 
 def test_stored_times_become_the_same_utc_instants_to_the_microsecond():

@@ -22,9 +22,9 @@ from kronos_tasks.storage import (
     instrument,
     instruments,
     read_bars,
-    read_windows,
     record_sources,
     source_records,
+    window_starts,
     write_bars,
     write_bars_many,
 )
@@ -313,7 +313,7 @@ def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str
     result = IngestResult()
     pairs = [(s.item.symbol, s.item.interval) for s in tails]
     stored = instruments(engine, pairs)
-    latest = read_windows(engine, [s.item for s in tails], datetime(2200, 1, 1, tzinfo=timezone.utc), OVERLAP_BARS)
+    starts = window_starts(engine, [s.item for s in tails], datetime(2200, 1, 1, tzinfo=timezone.utc), OVERLAP_BARS)
     groups: dict[tuple[bytes, str, str], list[FileState]] = defaultdict(list)
     for state in tails:
         place = stored.get((state.item.symbol, state.item.interval))
@@ -351,8 +351,11 @@ def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str
             continue
         for one in series:
             state = by_symbol[one.symbol]
-            since = latest.get(one.symbol)
-            bars = one.bars if since is None else one.bars[one.bars["ts"] >= since["ts"].iloc[0]].reset_index(drop=True)
+            since, bars = starts.get(one.symbol), one.bars
+            if since is not None:
+                kept = (bars["ts"] >= since).to_numpy()
+                if not kept.all():  # usually every row of a tail is kept: no copy then
+                    bars = bars[kept].reset_index(drop=True)
             if bars.empty:
                 result.written[one.symbol] = 0
                 continue

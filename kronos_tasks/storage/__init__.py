@@ -13,7 +13,16 @@ from .bars import (
 )
 from .calibrations import calibration_content, latest_calibration, store_calibration
 from .db import DatabaseError, current_revision, downgrade, make_engine, require_schema, upgrade, upsert
-from .items import fail_items, item_counts, item_failures, plan_items, read_windows, reset_shard, shard_items
+from .items import (
+    fail_items,
+    item_counts,
+    item_failures,
+    plan_items,
+    read_windows,
+    reset_shard,
+    shard_items,
+    window_starts,
+)
 from .runs import (
     clear_staging,
     get_run,
@@ -35,6 +44,7 @@ __all__ = [
     "item_failures",
     "plan_items",
     "read_windows",
+    "window_starts",
     "reset_shard",
     "shard_items",
     "DatabaseError",

@@ -115,7 +115,20 @@ def item_counts(engine: Engine, run_id: str) -> tuple[int, int]:
 def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int) -> dict[str, pd.DataFrame]:
     """The last ``limit`` bars up to ``end`` of each entry, by symbol (ts UTC + features, oldest first): one
     query per ``READ_CHUNK`` entries instead of one per symbol. Symbols without bars are left out."""
-    found: dict[str, pd.DataFrame] = {}
+    return {
+        item.symbol: pd.DataFrame({"ts": times, **{f: values[i] for i, f in enumerate(FEATURES)}})
+        for item, times, values in _windows(engine, items, end, limit)
+    }
+
+
+def window_starts(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int) -> dict[str, pd.Timestamp]:
+    """The time (UTC) of the oldest of the last ``limit`` bars up to ``end`` of each entry, by symbol: where
+    ``read_windows`` would start, without a frame per symbol. Symbols without bars are left out."""
+    return {item.symbol: times[0] for item, times, _ in _windows(engine, items, end, limit)}
+
+
+def _windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int):
+    """``read_windows``' bars as (entry, times [bars], values [features, bars]) for each entry with bars."""
     for start in range(0, len(items), READ_CHUNK):
         chunk = items[start : start + READ_CHUNK]
         if engine.dialect.name == "postgresql":
@@ -125,10 +138,7 @@ def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limi
         edges = [0, *(np.flatnonzero(np.diff(ordinals)) + 1), len(ordinals)]
         for first, after in zip(edges[:-1], edges[1:]):
             if first < after:
-                found[chunk[ordinals[first]].symbol] = pd.DataFrame(
-                    {"ts": times[first:after], **{f: values[i, first:after] for i, f in enumerate(FEATURES)}}
-                )
-    return found
+                yield chunk[ordinals[first]], times[first:after], values[:, first:after]
 
 
 def _no_bars():
