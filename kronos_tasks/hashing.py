@@ -22,7 +22,9 @@ def frame_sha256(frame: pd.DataFrame, columns: list[str]) -> str:
     digest = hashlib.sha256()
     for column in columns:
         values = frame[column]
-        if pd.api.types.is_datetime64_any_dtype(values):
+        if isinstance(values.dtype, pd.DatetimeTZDtype):  # its integers are UTC whatever the zone
+            data = values.array.as_unit("ns").asi8
+        elif pd.api.types.is_datetime64_any_dtype(values):
             data = pd.DatetimeIndex(values).tz_convert("UTC").as_unit("ns").asi8
         else:
             data = np.ascontiguousarray(values.to_numpy(dtype=np.float64))
