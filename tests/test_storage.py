@@ -52,6 +52,8 @@ def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
 def test_the_staging_upgrade_refuses_to_drop_rows_of_runs_in_flight(db_url):
     from sqlalchemy import text
 
+    from kronos_tasks.storage import clear_staging, stage_forecasts
+
     engine = make_engine(db_url)
     downgrade(engine, "base")
     upgrade(engine, "0004")
@@ -73,6 +75,13 @@ def test_the_staging_upgrade_refuses_to_drop_rows_of_runs_in_flight(db_url):
         connection.execute(text("DELETE FROM staged_forecasts"))
     upgrade(engine)
     assert current_revision(engine) == "0005"
+    stage_forecasts(engine, "in-flight", "b", forecast_rows("in-flight", 11.0))  # and the way back
+    with pytest.raises(RuntimeError, match="staged_forecast_chunks holds rows of 1 run.*before downgrading"):
+        downgrade(engine, "0004")
+    assert current_revision(engine) == "0005"
+    clear_staging(engine, "in-flight")
+    downgrade(engine, "0004")
+    assert current_revision(engine) == "0004"
     engine.dispose()
 
 

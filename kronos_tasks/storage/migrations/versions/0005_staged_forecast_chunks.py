@@ -21,13 +21,18 @@ depends_on = None
 TS = sa.DateTime(timezone=True)
 
 
-def upgrade() -> None:
-    in_flight = op.get_bind().execute(sa.text("SELECT DISTINCT run_id FROM staged_forecasts")).scalars().all()
+def refuse_while_staged(table: str, change: str) -> None:
+    """Raise if ``table`` holds staged rows: they belong to runs in flight, and dropping it would lose them."""
+    in_flight = op.get_bind().execute(sa.text(f"SELECT DISTINCT run_id FROM {table}")).scalars().all()
     if in_flight:
         raise RuntimeError(
-            f"staged_forecasts holds rows of {len(in_flight)} run(s) in flight ({', '.join(sorted(in_flight)[:5])}): "
-            "let them finish, or clear their DAG runs, before upgrading the database."
+            f"{table} holds rows of {len(in_flight)} run(s) in flight ({', '.join(sorted(in_flight)[:5])}): "
+            f"let them finish, or clear their DAG runs, before {change} the database."
         )
+
+
+def upgrade() -> None:
+    refuse_while_staged("staged_forecasts", "upgrading")
     op.create_table(
         "staged_forecast_chunks",
         sa.Column("run_id", sa.String(250), nullable=False),
@@ -42,6 +47,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_while_staged("staged_forecast_chunks", "downgrading")
     op.create_table(
         "staged_forecasts",
         sa.Column("run_id", sa.String(250), nullable=False),
