@@ -120,7 +120,7 @@ def test_db_downgrade_says_what_it_drops_and_needs_yes(tmp_path):
     assert asked.returncode == 1 and "drop table bars (0 rows)" in asked.stdout
     assert asked.stderr.strip().splitlines()[-1].startswith("error: nothing was changed; re-run with --yes")
     current = subprocess.run([CLI, "db", "current"], env=env, capture_output=True, text=True, check=True)
-    assert "revision: 0004" in current.stdout
+    assert "revision: 0005" in current.stdout
     done = subprocess.run([CLI, "db", "downgrade", "base", "--yes"], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "revision: None" in done.stdout
 
