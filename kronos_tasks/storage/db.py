@@ -214,13 +214,20 @@ def _csv_column(name: str, column):
     kind = column.type
     if pa.types.is_struct(kind):
         return _json_objects(column)
+    refuse_naive_timestamps(name, kind)
     if pa.types.is_timestamp(kind):
-        if kind.tz is None:
-            raise ValueError(f"column {name}: naive timestamps; kronos-flow stores timezone-aware UTC timestamps only.")
         # Arrow holds UTC values whatever the zone, and casting them is 30x faster than its CSV writer's
         # formatting of zoned timestamps
         return pc.binary_join_element_wise(pc.cast(column.cast(pa.timestamp(kind.unit)), pa.string()), "+00", "")
     return column
+
+
+def refuse_naive_timestamps(name: str, kind) -> None:
+    """Raise ValueError naming column ``name`` if its Arrow type ``kind`` is a timestamp without a time zone."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(kind) and kind.tz is None:
+        raise ValueError(f"column {name}: naive timestamps; kronos-flow stores timezone-aware UTC timestamps only.")
 
 
 class _CopySink(io.RawIOBase):

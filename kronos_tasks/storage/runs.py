@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kronos_tasks.hashing import combine
 
-from .db import insert_rows, insert_table, upsert
+from .db import insert_rows, insert_table, refuse_naive_timestamps, upsert
 from .models import (
     Forecast,
     ForecastRun,
@@ -24,7 +24,7 @@ from .models import (
     SymbolFailure,
 )
 
-FORECAST_COLUMNS = [c.name for c in Forecast.__table__.columns]
+STAGING = (StagedForecastChunk, StagedWindow)  # what a forecast batch stages, moved into the run by persist
 ARROW_CODEC = "zstd"  # a chunk of 500 symbols (72,000 rows, 9.3 MB in memory) is 2.3 MB, read back in 21 ms
 
 
@@ -50,7 +50,7 @@ def stage_forecasts(
             ).scalar_one()
         else:
             chunk = 0
-            for staged in (StagedForecastChunk, StagedWindow):
+            for staged in STAGING:
                 connection.execute(delete(staged).where(staged.run_id == run_id, staged.batch == batch))
         if table.num_rows:
             connection.execute(
@@ -76,10 +76,7 @@ def _forecast_table(rows):
     elif "run_id" in rows.column_names:
         rows = rows.drop_columns(["run_id"])
     for field in rows.schema:
-        if pa.types.is_timestamp(field.type) and field.type.tz is None:
-            raise ValueError(
-                f"column {field.name}: naive timestamps; kronos-flow stores timezone-aware UTC timestamps only."
-            )
+        refuse_naive_timestamps(field.name, field.type)
     return rows
 
 
@@ -102,7 +99,7 @@ def _ipc_table(data: bytes):
 def clear_staging(engine: Engine, run_id: str) -> None:
     """Forget everything staged for ``run_id`` (at the start of a run, so a re-run starts clean)."""
     with engine.begin() as connection:
-        for staged in (StagedForecastChunk, StagedWindow):
+        for staged in STAGING:
             connection.execute(delete(staged).where(staged.run_id == run_id))
 
 
