@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, create_postgres_database
 from kronos_tasks.pipeline.ingest import ingest_paths
 from kronos_tasks.storage import (
     bar_count,
@@ -399,6 +400,28 @@ def test_batched_window_reads_equal_one_read_per_symbol(engine):
     starts = window_starts(engine, items, datetime(2030, 1, 1, tzinfo=UTC), 64)  # where each window starts
     assert starts == {symbol: frame["ts"].iloc[0] for symbol, frame in later.items()}
     assert window_starts(engine, items[1:], end, 100) == {}
+
+
+def test_window_arrays_arrive_as_numpy_arrays_and_arrays_with_nulls_are_refused(postgres_admin_url):
+    from kronos_tasks.storage import make_engine
+    from kronos_tasks.storage.items import _array_loaders
+
+    url, drop = create_postgres_database(postgres_admin_url)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection, connection.connection.driver_connection.cursor(binary=True) as cursor:
+            _array_loaders(cursor)
+            values, stamps, empty = cursor.execute(
+                "SELECT ARRAY[1.5, -2.25, 1e300]::float8[], ARRAY[-1, 9007199254740993]::int8[], '{}'::float8[]"
+            ).fetchone()
+            with pytest.raises(ValueError, match="without NULLs"):
+                cursor.execute("SELECT ARRAY[1.0, NULL]::float8[]").fetchone()
+    finally:
+        engine.dispose()
+        drop()
+    assert values.dtype == np.float64 and values.tolist() == [1.5, -2.25, 1e300]
+    assert stamps.dtype == np.int64 and stamps.tolist() == [-1, 9007199254740993]  # exact beyond float precision
+    assert empty.dtype == np.float64 and empty.shape == (0,)
 
 
 def test_stored_times_become_the_same_utc_instants_to_the_microsecond():

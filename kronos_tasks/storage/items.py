@@ -7,8 +7,10 @@ few ids and counts however long the watchlist is.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -179,18 +181,52 @@ WHERE w.micros IS NOT NULL
 ORDER BY k.ordinal"""
 
 
+def _array_loaders(cursor) -> None:
+    """Load the int8[] and float8[] results of ``cursor`` (binary) as numpy arrays: psycopg's own loaders build a
+    Python number per element, half the time of a shard's window reads. Only one-dimensional arrays without
+    NULLs (the windows' aggregates of NOT NULL columns) are accepted."""
+    from psycopg import postgres
+
+    cursor.adapters.register_loader(postgres.types["int8"].array_oid, _numpy_loader(np.int64))
+    cursor.adapters.register_loader(postgres.types["float8"].array_oid, _numpy_loader(np.float64))
+
+
+@cache
+def _numpy_loader(element: type) -> type:
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    # The binary form: dimensions, a NULL flag and the element type, each dimension's length and lower bound,
+    # then every element as its byte length and its big-endian value.
+    cells = np.dtype([("size", ">i4"), ("value", np.dtype(element).newbyteorder(">"))])
+
+    class NumpyArrayLoader(Loader):
+        format = Format.BINARY
+
+        def load(self, data) -> np.ndarray:
+            dimensions, has_nulls, _ = struct.unpack_from(">iiI", data)
+            if dimensions == 0:
+                return np.zeros(0, element)
+            if dimensions != 1 or has_nulls:
+                raise ValueError(f"expected a one-dimensional array without NULLs, got {dimensions} dimension(s)")
+            (length,) = struct.unpack_from(">i", data, 12)
+            return np.frombuffer(data, cells, length, 20)["value"].astype(element)
+
+    return NumpyArrayLoader
+
+
 def _array_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, limit: int):
     """``_select_windows`` on PostgreSQL: one row of arrays per entry."""
     bind = {"symbols": [i.symbol for i in chunk], "intervals": [i.interval for i in chunk], "end": end, "limit": limit}
     with engine.connect() as connection, connection.connection.driver_connection.cursor(binary=True) as cursor:
+        _array_loaders(cursor)
         rows = cursor.execute(_WINDOW_ARRAYS, bind).fetchall()
     ordinals, micros, values = [], [], []
     for ordinal, times, *features in rows:
-        times = np.array(times, dtype=np.int64)
         order = np.argsort(times)
         ordinals.append(np.full(len(times), ordinal))
         micros.append(times[order])
-        values.append(np.array(features, dtype=np.float64)[:, order])  # [features, bars]
+        values.append(np.stack(features)[:, order])  # [features, bars]
     if not rows:
         return _no_bars()
     return np.concatenate(ordinals), utc_from_micros(np.concatenate(micros)), np.concatenate(values, axis=1)
