@@ -27,7 +27,7 @@ from kronos_tasks.storage import (
     upgrade,
 )
 from kronos_tasks.storage.db import table_names
-from kronos_tasks.storage.models import Base, Forecast, SymbolFailure
+from kronos_tasks.storage.models import Base, Forecast, StagedForecastChunk, SymbolFailure
 
 UTC = timezone.utc
 
@@ -246,11 +246,32 @@ def test_naive_timestamps_are_refused(engine):
 
 
 def staged_rows(engine, run_id: str) -> int:
-    from kronos_tasks.storage.models import StagedForecastChunk
-
     with engine.connect() as connection:
         query = select(func.coalesce(func.sum(StagedForecastChunk.rows), 0)).where(StagedForecastChunk.run_id == run_id)
         return connection.execute(query).scalar_one()
+
+
+def test_a_staged_chunk_that_cannot_be_read_fails_the_persist_and_keeps_the_stored_run(engine):
+    import pyarrow as pa
+    from sqlalchemy import update
+
+    from kronos_tasks.storage import stage_forecasts
+
+    rows = forecast_rows("r7", 11.0)
+    stage_forecasts(engine, "r7", "batch-0", rows[:2])
+    stage_forecasts(engine, "r7", "batch-1", rows[2:])
+    assert persist_run(engine, run_row("r7"), None, []) == 4
+    stage_forecasts(engine, "r7", "batch-0", [dict(r, mean=50.0) for r in rows[:2]])  # a re-run of the same date
+    stage_forecasts(engine, "r7", "batch-1", [dict(r, mean=50.0) for r in rows[2:]])
+    with engine.begin() as connection:  # its second chunk damaged (read after the first is copied)
+        damaged = StagedForecastChunk.run_id == "r7", StagedForecastChunk.batch == "batch-1"
+        connection.execute(update(StagedForecastChunk).where(*damaged).values(arrow=b"not an Arrow stream"))
+    with pytest.raises(pa.ArrowInvalid):
+        persist_run(engine, run_row("r7"), None, [])
+    with engine.connect() as connection:
+        means = connection.execute(select(Forecast.mean).where(Forecast.run_id == "r7")).scalars().all()
+    assert sorted(means) == sorted(r["mean"] for r in rows)  # the first run's rows, none of the re-run's
+    assert staged_rows(engine, "r7") == 4  # and the re-run's chunks are still staged for a retry
 
 
 def test_staged_batches_move_into_the_run_atomically(engine):

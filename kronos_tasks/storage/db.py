@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -189,16 +190,29 @@ def _copy_rows(
 def _copy_table(connection: Connection, target: str, table: Table, data, same: dict[str, Any]) -> None:
     """COPY the Arrow table ``data`` (with the values of ``same`` in every row) into ``target`` (PostgreSQL) as
     CSV written by Arrow: no Python work per row. Struct columns go to JSON columns as objects."""
+    shared = dict(zip(same, _processed(_copy_processors(connection, table), same)))
+    _copy_csv(connection, target, _csv_table(data, shared))
+
+
+def _csv_table(data, shared: dict[str, Any]):
+    """``data``'s columns as COPY reads them from CSV (``_csv_column``), with the bound values of ``shared`` in
+    every row instead of ``data``'s own columns of those names."""
     import pyarrow as pa
+
+    columns = {name: column for name, column in zip(data.column_names, data.columns) if name not in shared}
+    for name, value in shared.items():
+        columns[name] = pa.array([value] * data.num_rows)
+    return pa.table({name: _csv_column(name, column) for name, column in columns.items()})
+
+
+def _copy_csv(connection: Connection, target: str, data) -> None:
+    """COPY ``_csv_table``'s output into ``target`` (PostgreSQL), its column names naming the target's columns."""
     import pyarrow.csv as pa_csv
 
-    columns = {name: column for name, column in zip(data.column_names, data.columns) if name not in same}
-    for name, value in zip(same, _processed(_copy_processors(connection, table), same)):
-        columns[name] = pa.array([value] * data.num_rows)
-    data = pa.table({name: _csv_column(name, column) for name, column in columns.items()})
     options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
     cursor = connection.connection.driver_connection.cursor()
-    with _driver_errors(f"COPY {target}"), cursor.copy(_copy_statement(target, columns, " (FORMAT csv)")) as copy:
+    statement = _copy_statement(target, data.column_names, " (FORMAT csv)")
+    with _driver_errors(f"COPY {target}"), cursor.copy(statement) as copy:
         # in batches: the CSV text of a large table is never in memory all at once
         with pa_csv.CSVWriter(_CopySink(copy), data.schema, write_options=options) as writer:
             for batch in data.to_batches(max_chunksize=COPY_BATCH_ROWS):
@@ -309,6 +323,41 @@ def insert_table(connection: Connection, table: Table, data, same: dict[str, Any
         _copy_table(connection, table.name, table, data, same or {})
         return data.num_rows
     return insert_rows(connection, table, data.to_pylist(), same)
+
+
+def insert_tables(
+    connection: Connection,
+    table: Table,
+    keys: Sequence[Any],
+    load: Callable[[Connection, Any], Any],
+    same: dict[str, Any] | None = None,
+) -> int:
+    """``insert_table`` for several Arrow tables, ``load(connection, key)`` for each of ``keys``, in order.
+
+    On PostgreSQL each table is loaded on a connection of its own in a worker thread and its CSV columns are
+    prepared there (Arrow's work, outside the GIL) while the previous one is copied: the database's work on
+    one overlaps the preparation of the next, and at most two tables are in memory. Elsewhere they are loaded
+    on ``connection`` one after another."""
+    same = same or {}
+    if connection.dialect.name != "postgresql":
+        return sum(insert_table(connection, table, load(connection, key), same) for key in keys)
+    shared = dict(zip(same, _processed(_copy_processors(connection, table), same)))
+
+    def prepare(key):
+        with connection.engine.connect() as own:
+            data = load(own, key)
+        return _csv_table(data, shared)
+
+    written = 0
+    with ThreadPoolExecutor(1) as pool:
+        ready = pool.submit(prepare, keys[0]) if keys else None
+        for following in [*keys[1:], None]:
+            data = ready.result()
+            ready = pool.submit(prepare, following) if following is not None else None
+            if data.num_rows:
+                _copy_csv(connection, table.name, data)
+                written += data.num_rows
+    return written
 
 
 def insert_rows(

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, literal, select
+from sqlalchemy import Connection, Engine, delete, func, literal, select
 from sqlalchemy.orm import Session
 
 from kronos_tasks.hashing import combine
 
-from .db import insert_rows, insert_table, refuse_naive_timestamps, upsert
+from .db import insert_rows, insert_tables, refuse_naive_timestamps, upsert
 from .models import (
     Forecast,
     ForecastRun,
@@ -122,16 +122,19 @@ def persist_run(
         for table in (Forecast, ForecastWindow, SymbolFailure, ForecastScore):
             connection.execute(delete(table).where(table.run_id == run_id))
         if forecasts is None:
-            written = 0
             staged = StagedForecastChunk
             chunks = connection.execute(
                 select(staged.batch, staged.chunk).where(staged.run_id == run_id).order_by(staged.batch, staged.chunk)
             ).all()
-            for batch, chunk in chunks:  # one chunk in memory at a time
-                data = connection.execute(
-                    select(staged.arrow).where(staged.run_id == run_id, staged.batch == batch, staged.chunk == chunk)
-                ).scalar_one()
-                written += insert_table(connection, Forecast.__table__, _ipc_table(data), {"run_id": run_id})
+
+            def load(reader: Connection, key: tuple[str, int]):
+                batch, chunk = key
+                found = staged.run_id == run_id, staged.batch == batch, staged.chunk == chunk
+                return _ipc_table(reader.execute(select(staged.arrow).where(*found)).scalar_one())
+
+            written = insert_tables(
+                connection, Forecast.__table__, [tuple(key) for key in chunks], load, {"run_id": run_id}
+            )
             connection.execute(delete(staged).where(staged.run_id == run_id))
             columns = [c.name for c in ForecastWindow.__table__.columns]
             rows = select(*(getattr(StagedWindow, name) for name in columns)).where(StagedWindow.run_id == run_id)
