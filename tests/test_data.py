@@ -216,7 +216,7 @@ def test_each_calendar_is_built_once_however_its_answers_interleave(monkeypatch)
 
     monkeypatch.setattr(kind, "__init__", counting)
     calendars._years_calendar.cache_clear()
-    calendars._calendar_class.cache_clear()
+    calendars._built_class.cache_clear()
     exchange_calendars.calendar_utils.global_calendar_dispatcher._factory_output_cache.clear()
     days = pd.Series(pd.date_range("2024-06-03 13:30", periods=40, freq="B", tz="UTC"))
     for _ in range(3):

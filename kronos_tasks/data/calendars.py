@@ -43,12 +43,30 @@ def exchange_timezone(exchange: str) -> str:
     return _zone(name)
 
 
-@cache
 def _calendar_class(name: str) -> type:
+    found = _built_class(name)
+    if isinstance(found, str):
+        raise DataError(found)
+    return found
+
+
+@cache
+def _built_class(name: str) -> type | str:
+    """The calendar class of ``name``, or why the library cannot build it (remembered: a failed build costs as
+    much as a good one, and every symbol on that exchange would repeat it)."""
     # The library keeps one calendar per name and replaces it whenever one over other dates is asked for, and
     # building one costs 0.1-0.3 s: calendars over given dates are made from the class, so its default
     # calendar (made here, once) stays cached.
-    return type(xcals.get_calendar(name))
+    try:
+        return type(xcals.get_calendar(name))
+    except Exception as exc:  # the library's own defect for this exchange, whatever its type
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+        cause = cause if len(cause) <= 160 else cause[:160] + "..."
+        return (
+            f"exchange_calendars {xcals.__version__} cannot build the {name} calendar ({cause}); symbols on {name} "
+            "cannot be ingested or forecast with it: list them with another exchange code that has the same "
+            "sessions, or upgrade exchange_calendars."
+        )
 
 
 def _zone(name: str) -> str:

@@ -317,7 +317,11 @@ def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str
     groups: dict[tuple[bytes, str, str], list[FileState]] = defaultdict(list)
     for state in tails:
         place = stored.get((state.item.symbol, state.item.interval))
-        zone = exchange_timezone(state.item.exchange)
+        try:
+            zone = exchange_timezone(state.item.exchange)
+        except DataError as exc:  # an exchange the calendar library cannot build fails its symbols alone
+            result.failed[state.item.symbol] = str(exc)
+            continue
         if place is not None and (
             (place.exchange or "").upper() != state.item.exchange.upper() or place.timezone != zone
         ):
