@@ -190,8 +190,12 @@ def _copy_rows(
 def _copy_table(connection: Connection, target: str, table: Table, data, same: dict[str, Any]) -> None:
     """COPY the Arrow table ``data`` (with the values of ``same`` in every row) into ``target`` (PostgreSQL) as
     CSV written by Arrow: no Python work per row. Struct columns go to JSON columns as objects."""
-    shared = dict(zip(same, _processed(_copy_processors(connection, table), same)))
-    _copy_csv(connection, target, _csv_table(data, shared))
+    _copy_csv(connection, target, _csv_table(data, _bound(connection, table, same)))
+
+
+def _bound(connection: Connection, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` of ``table``'s columns as COPY writes them (see ``_copy_processors``)."""
+    return dict(zip(values, _processed(_copy_processors(connection, table), values)))
 
 
 def _csv_table(data, shared: dict[str, Any]):
@@ -341,7 +345,7 @@ def insert_tables(
     same = same or {}
     if connection.dialect.name != "postgresql":
         return sum(insert_table(connection, table, load(connection, key), same) for key in keys)
-    shared = dict(zip(same, _processed(_copy_processors(connection, table), same)))
+    shared = _bound(connection, table, same)
 
     def prepare(key):
         with connection.engine.connect() as own:
