@@ -251,6 +251,11 @@ def staged_rows(engine, run_id: str) -> int:
         return connection.execute(query).scalar_one()
 
 
+def test_a_run_with_nothing_staged_persists_without_forecasts(engine):
+    assert persist_run(engine, run_row("r8"), None, []) == 0  # every symbol failed: no shard staged a chunk
+    assert count(engine, Forecast, "r8") == 0
+
+
 def test_a_staged_chunk_that_cannot_be_read_fails_the_persist_and_keeps_the_stored_run(engine):
     import pyarrow as pa
     from sqlalchemy import update

@@ -343,7 +343,7 @@ def insert_tables(
     one overlaps the preparation of the next, and at most two tables are in memory. Elsewhere they are loaded
     on ``connection`` one after another."""
     same = same or {}
-    if connection.dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql" or not keys:
         return sum(insert_table(connection, table, load(connection, key), same) for key in keys)
     shared = _bound(connection, table, same)
 
@@ -354,7 +354,7 @@ def insert_tables(
 
     written = 0
     with ThreadPoolExecutor(1) as pool:
-        ready = pool.submit(prepare, keys[0]) if keys else None
+        ready = pool.submit(prepare, keys[0])
         for following in [*keys[1:], None]:
             data = ready.result()
             ready = pool.submit(prepare, following) if following is not None else None
