@@ -208,7 +208,8 @@ def _numpy_loader(element: type) -> type:
             if dimensions == 0:
                 return np.zeros(0, element)
             if dimensions != 1 or has_nulls:
-                raise ValueError(f"expected a one-dimensional array without NULLs, got {dimensions} dimension(s)")
+                found = f"{dimensions} dimension(s)" + (" with NULLs" if has_nulls else "")
+                raise ValueError(f"expected a one-dimensional array without NULLs, got {found}")
             (length,) = struct.unpack_from(">i", data, 12)
             return np.frombuffer(data, cells, length, 20)["value"].astype(element)
 
