@@ -50,6 +50,25 @@ def test_migrations_upgrade_downgrade_and_match_the_models(db_url):
     engine.dispose()
 
 
+def test_tasks_refuse_a_database_behind_the_code_without_reading_alembic(db_url):
+    from alembic.script import ScriptDirectory
+
+    from kronos_tasks.storage import DatabaseError, require_schema
+    from kronos_tasks.storage.db import MIGRATIONS, SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == ScriptDirectory(str(MIGRATIONS)).get_current_head()  # a new migration moves both
+    engine = make_engine(db_url)
+    downgrade(engine, "base")
+    with pytest.raises(DatabaseError, match=r"at revision None, the code needs 0005: run `kronos-flow init`"):
+        require_schema(engine)
+    upgrade(engine, "0004")
+    with pytest.raises(DatabaseError, match=r"at revision 0004, the code needs 0005"):
+        require_schema(engine)
+    upgrade(engine)
+    require_schema(engine)
+    engine.dispose()
+
+
 def test_the_staging_upgrade_refuses_to_drop_rows_of_runs_in_flight(db_url):
     from sqlalchemy import text
 
