@@ -149,19 +149,15 @@ def model_only(env: dict, run_id: str) -> dict:
     pair = runtime.registry().resolve(f"{run.model_name}/{run.model_version}")
     predictor = pinned_predictor(pair, "cpu", params.batch_size)
     from kronos_tasks.data.watchlist import WatchItem
-    from kronos_tasks.storage import read_windows
+    from kronos_tasks.storage import window_arrays
 
     stored = run_windows(engine, run_id)
     items = [WatchItem(w.symbol, "XNYS", w.interval, None, "America/New_York") for w in stored]
-    history = read_windows(engine, items, max(w.last_ts for w in stored), params.lookback)
+    history = window_arrays(engine, items, max(w.last_ts for w in stored), params.lookback)
     import pandas as pd
 
-    windows = [
-        Window(
-            item, history[item.symbol], pd.date_range(stored[0].last_ts, periods=params.pred_len + 1, freq="D")[1:], ""
-        )
-        for item in items
-    ]
+    future = pd.date_range(stored[0].last_ts, periods=params.pred_len + 1, freq="D")[1:]
+    windows = [Window(item, times, values, future, "") for item, times, values in history]
     started = time.perf_counter()
     predicted, failed = predict_windows(predictor, windows, params, run.seed)
     seconds = time.perf_counter() - started

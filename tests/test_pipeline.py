@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 
 from conftest import SAMPLE_DATA
+from kronos_tasks.data import FEATURES, DataError
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.errors import ParamsError
 from kronos_tasks.evaluation.backtest import score_rows
 from kronos_tasks.forecasting.params import ForecastParams
-from kronos_tasks.forecasting.windows import make_window, predict_windows
+from kronos_tasks.forecasting.windows import make_window, predict_windows, window_from_arrays
+from kronos_tasks.hashing import frame_sha256
 from kronos_tasks.inference import KronosPredictor
 from kronos_tasks.pipeline import daily, rollout
 from kronos_tasks.pipeline.payloads import BatchResult, Failure, IngestSummary, RunPlan, RunSummary
@@ -192,6 +194,30 @@ def test_a_bad_symbol_in_a_batch_fails_alone_and_the_others_match_their_solo_for
     assert list(failed) == ["BAD"] and "InputError" in failed["BAD"] and "'high'" in failed["BAD"]
     alone, _ = predict_windows(predictor, [made[2]], params, run_seed=7)
     np.testing.assert_array_equal(predicted["GOOD2"].samples, alone["GOOD2"].samples)
+
+
+def test_a_window_cut_from_database_arrays_is_the_window_of_the_same_bars_as_a_frame(a_share):
+    """The daily forecast cuts windows from the arrays the database hands over; replay and the CLI from frames.
+    Both must read the same bars, hash them alike (the hash is the audit's proof of the data) and forecast the
+    same bar times."""
+    bars = a_share.rename(columns={"timestamps": "ts"}).iloc[:120].copy()
+    bars["ts"] = pd.DatetimeIndex(bars["ts"]).tz_localize("Asia/Shanghai").tz_convert("UTC")
+    bars["volume"] = bars["volume"].round().astype(np.int64)  # integer columns hash as float64 either way
+    params = ForecastParams.from_dict({"pred_len": 4, "lookback": 64})
+    item = WatchItem("A", "XSHG", "5min", None, "Asia/Shanghai")
+    framed = make_window(item, bars, params, 512)
+    times = pd.DatetimeIndex(bars["ts"]).as_unit("us")  # as the database returns them
+    values = np.stack([bars[f].to_numpy(np.float64) for f in FEATURES])
+    cut = window_from_arrays(item, times, values, params, 512)
+    assert cut.sha256 == framed.sha256 == frame_sha256(bars.iloc[-64:], ["ts", *FEATURES])
+    assert cut.future.equals(framed.future) and len(cut.future) == 4
+    pd.testing.assert_frame_equal(
+        cut.bars[FEATURES], bars.iloc[-64:][FEATURES].reset_index(drop=True), check_dtype=False
+    )
+    assert cut.record() == framed.record() and cut.record()["bars"] == 64
+    assert cut.record()["last_ts"] == bars["ts"].iloc[-1].to_pydatetime()
+    with pytest.raises(DataError, match="A: 3 bar\\(s\\) before the forecast origin, min_history is"):
+        window_from_arrays(item, times[:3], values[:, :3], params, 512)
 
 
 def test_an_unexpected_error_is_not_turned_into_symbol_failures(tiny_pair32, windows, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import reference
-from kronos_tasks.hashing import combine, frame_sha256, sha256_file
+from kronos_tasks.hashing import combine, frame_sha256, sha256_file, window_sha256
 from kronos_tasks.inference.features import normalise, time_features
 from kronos_tasks.inference.sampling import SamplingParams, filter_logits, sample_from_logits, stream_keys, uniforms
 
@@ -128,6 +128,12 @@ def test_content_hashes_follow_their_documented_layout(tmp_path):
         + struct.pack("<2d", 1.5, 2.25)
     ).hexdigest()
     assert frame_sha256(frame, ["timestamps", "close"]) == want
+    # the same digest from the arrays a forecast window is cut from: times in microseconds, not yet as float64
+    times = pd.DatetimeIndex(frame["timestamps"]).as_unit("us")
+    assert window_sha256(times, frame[["close"]].to_numpy().T, ["close"]) != want  # "ts", not "timestamps"
+    assert window_sha256(times, frame[["close"]].to_numpy().T, ["close"]) == frame_sha256(
+        frame.rename(columns={"timestamps": "ts"}), ["ts", "close"]
+    )
     assert combine({"b": "2", "a": "1"}) == hashlib.sha256(b"a=1\nb=2\n").hexdigest()
 
 

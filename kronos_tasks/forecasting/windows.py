@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,7 @@ import pandas as pd
 from kronos_tasks.data import FEATURES, DataError, Interval, future_timestamps
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.errors import KronosFlowError
-from kronos_tasks.hashing import frame_sha256
+from kronos_tasks.hashing import window_sha256
 from kronos_tasks.inference.params import derive_seed
 from kronos_tasks.inference.predictor import Forecast, KronosPredictor
 
@@ -25,9 +25,14 @@ class Window:
     """The history one symbol's forecast reads, and the times of the bars it forecasts."""
 
     item: WatchItem
-    bars: pd.DataFrame  # ts (UTC) + features, oldest first
+    times: pd.DatetimeIndex  # UTC, oldest first
+    values: np.ndarray  # [features, bars] float64, FEATURES order
     future: pd.DatetimeIndex  # UTC
     sha256: str
+    bars: pd.DataFrame = field(init=False, repr=False)  # ts + features: what the predictor reads
+
+    def __post_init__(self):
+        self.bars = pd.DataFrame({"ts": self.times, **dict(zip(FEATURES, self.values))})
 
     @property
     def symbol(self) -> str:
@@ -41,11 +46,18 @@ class Window:
         return {
             "symbol": self.symbol,
             "interval": self.item.interval,
-            "first_ts": self.bars["ts"].iloc[0].to_pydatetime(),
-            "last_ts": self.bars["ts"].iloc[-1].to_pydatetime(),
-            "bars": len(self.bars),
+            "first_ts": self.times[0].to_pydatetime(),
+            "last_ts": self.times[-1].to_pydatetime(),
+            "bars": len(self.times),
             "sha256": self.sha256,
         }
+
+
+def frame_arrays(bars: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """A frame of bars (``ts`` aware + the features) as ``Window``'s times and values [features, bars]."""
+    return pd.DatetimeIndex(bars["ts"]), np.array([bars[f].to_numpy(np.float64) for f in FEATURES]).reshape(
+        len(FEATURES), len(bars)
+    )
 
 
 def local_times(stamps, timezone: str) -> pd.Series:
@@ -58,16 +70,30 @@ def make_window(
 ) -> Window:
     """The last ``params.window(max_context)`` bars and the next ``pred_len`` bar times (from ``future_times``,
     ``calendars.future_timestamps`` or a cache of it); DataError if unusable."""
-    history = bars.iloc[-params.window(max_context) :].reset_index(drop=True)
-    if len(history) < params.min_history:
+    return window_from_arrays(item, *frame_arrays(bars), params, max_context, future_times)
+
+
+def window_from_arrays(
+    item: WatchItem,
+    times: pd.DatetimeIndex,
+    values: np.ndarray,
+    params: ForecastParams,
+    max_context: int,
+    future_times=future_timestamps,
+) -> Window:
+    """``make_window`` of bars given as times (UTC) and values [features, bars], as the database hands a
+    shard's windows over: the window is cut and hashed as arrays, and its frame built once."""
+    keep = params.window(max_context)
+    times, values = times[-keep:], values[:, -keep:]
+    if len(times) < params.min_history:
         raise DataError(
-            f"{item.symbol}: {len(history)} bar(s) before the forecast origin, min_history is "
+            f"{item.symbol}: {len(times)} bar(s) before the forecast origin, min_history is "
             f"{params.min_history}; ingest more history or lower min_history."
         )
     future = future_times(
-        history["ts"].iloc[-1], params.pred_len, Interval.parse(item.interval), item.exchange, history["ts"]
+        times[-1], params.pred_len, Interval.parse(item.interval), item.exchange, pd.Series(times, copy=False)
     )
-    return Window(item, history, future, frame_sha256(history, ["ts", *FEATURES]))
+    return Window(item, times, values, future, window_sha256(times, values))
 
 
 def predict_windows(
@@ -126,14 +152,13 @@ def forecast_columns(window: Window, forecast: Forecast) -> dict[str, np.ndarray
     samples = forecast.samples  # [S, pred_len, 6]
     steps, features = samples.shape[1], len(FEATURES)
     rows = steps * features
-    bars = window.bars
-    last = np.array([bars[f].iat[-1] for f in FEATURES], dtype=float)  # [6]; a multi-column selection costs 10x
+    last = window.values[:, -1]  # [6]
     return {
         "symbol": np.full(rows, window.symbol, dtype=object),
         "feature": np.repeat(np.array(FEATURES, dtype=object), steps),
         "step": np.tile(np.arange(1, steps + 1), features),
         "interval": np.full(rows, window.item.interval, dtype=object),
-        "origin_ts": np.full(rows, _utc_micros(bars["ts"].iloc[-1:])[0]),
+        "origin_ts": np.full(rows, _utc_micros(window.times[-1:])[0]),
         "target_ts": np.tile(_utc_micros(window.future), features),
         "last_value": np.repeat(last, steps),
         # [pred_len, 6] -> [6, pred_len] -> rows, feature-major like every column here
@@ -145,8 +170,12 @@ def forecast_columns(window: Window, forecast: Forecast) -> dict[str, np.ndarray
     }
 
 
-def _utc_micros(stamps) -> np.ndarray:
-    return pd.DatetimeIndex(stamps).tz_convert("UTC").as_unit("us").asi8
+def _utc_micros(stamps: pd.DatetimeIndex) -> np.ndarray:
+    """Microseconds since the epoch of aware times: an aware index's integers are UTC whatever its zone, so no
+    conversion (which costs more than the rest of a symbol's rows)."""
+    if stamps.tz is None:
+        raise ValueError("forecast bar times must carry a time zone")
+    return stamps.as_unit("us").asi8
 
 
 def forecast_table(parts: list[dict[str, np.ndarray]]):

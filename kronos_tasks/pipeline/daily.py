@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kronos_tasks import __version__
@@ -34,10 +35,10 @@ from kronos_tasks.storage import (
     latest_calibration,
     persist_run,
     plan_items,
-    read_windows,
     reset_shard,
     shard_items,
     stage_forecasts,
+    window_arrays,
 )
 
 from . import runtime
@@ -53,6 +54,7 @@ class RunFailed(KronosFlowError, RuntimeError):
 MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default: the most mapped tasks one task may feed
 FAILURES_SHOWN = 10  # failures a RunSummary carries (all of them are in the database)
 FORECAST_CHUNK = 500  # a forecast shard's entries read, decoded and staged at a time
+CLOSE = FEATURES.index("close")
 
 
 def default_shards(settings) -> int:
@@ -203,7 +205,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     from kronos_tasks.data.freshness import StaleData
     from kronos_tasks.evaluation.calibration import Calibration, annotate
     from kronos_tasks.forecasting.engine import pinned_predictor
-    from kronos_tasks.forecasting.windows import forecast_columns, forecast_table, make_window, predict_windows
+    from kronos_tasks.forecasting.windows import forecast_columns, forecast_table, predict_windows, window_from_arrays
 
     started = time.perf_counter()
     runtime.relax_gc()
@@ -228,22 +230,22 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     }
     failed: dict[str, tuple[str, str]] = {}
     ok, read_seconds, forecast_seconds = 0, 0.0, 0.0
+    at, lookback = pd.Timestamp(origin), params.lookback
+    no_bars = (pd.DatetimeIndex([], tz="UTC"), np.zeros((len(FEATURES), 0)))
     # Entries go through reading, decoding and staging FORECAST_CHUNK at a time, so a shard's memory does not
     # grow with its size; an empty shard still replaces what an earlier attempt of it staged.
     for start in range(0, len(items), FORECAST_CHUNK) or [0]:
         began = time.perf_counter()
         windows = []
         chunk = items[start : start + FORECAST_CHUNK]
-        history = read_windows(engine, chunk, origin, params.lookback)
+        history = {
+            item.symbol: (times, values) for item, times, values in window_arrays(engine, chunk, origin, lookback)
+        }
         for item in chunk:
-            bars = history.pop(item.symbol, None)
-            if bars is None:
-                bars = pd.DataFrame(
-                    {"ts": pd.DatetimeIndex([], tz="UTC"), **{f: pd.Series(dtype=float) for f in FEATURES}}
-                )
+            times, values = history.pop(item.symbol, no_bars)
             try:
-                calendars.check_fresh(item, bars["ts"], pd.Timestamp(origin))
-                windows.append(make_window(item, bars, params, pair.max_context, calendars.future))
+                calendars.check_fresh(item, pd.Series(times, copy=False), at)
+                windows.append(window_from_arrays(item, times, values, params, pair.max_context, calendars.future))
             except StaleData as exc:
                 failed[item.symbol] = ("stale", str(exc))
             except DataError as exc:
@@ -256,7 +258,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
         parts = [
             annotate(
                 forecast_columns(window, predicted[window.symbol]),
-                window.bars["close"].to_numpy(float),
+                window.values[CLOSE],
                 calibrations.get(window.item.interval),
                 params.quantiles,
             )

@@ -21,7 +21,7 @@ from kronos_tasks.data import FEATURES
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.errors import ParamsError
 from kronos_tasks.forecasting.params import ForecastParams
-from kronos_tasks.hashing import frame_sha256
+from kronos_tasks.hashing import window_sha256
 from kronos_tasks.inference.params import STREAM_VERSION
 from kronos_tasks.storage import get_run, instrument, read_bars, run_windows
 from kronos_tasks.storage.models import Forecast
@@ -85,7 +85,7 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
     overrides the configured one. Raises ParamsError for a run that is unknown or has nothing to replay.
     """
     from kronos_tasks.forecasting.engine import pinned_predictor, resolve_device
-    from kronos_tasks.forecasting.windows import Window, forecast_rows, predict_windows
+    from kronos_tasks.forecasting.windows import Window, forecast_rows, frame_arrays, predict_windows
 
     engine, settings = runtime.engine(), runtime.settings()
     run = get_run(engine, run_id)
@@ -129,7 +129,8 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
     ready: list[Window] = []
     for w in windows:
         bars = read_bars(engine, w.symbol, w.interval, start=w.first_ts, end=w.last_ts)
-        now = frame_sha256(bars, ["ts", *FEATURES]) if len(bars) else ""
+        times, values = frame_arrays(bars)
+        now = window_sha256(times, values) if len(bars) else ""
         if now != w.sha256:
             result.symbols.append(
                 SymbolReplay(
@@ -152,7 +153,7 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
         )
         targets = stored[(stored["symbol"] == w.symbol) & (stored["feature"] == FEATURES[0])].sort_values("step")
         future = pd.DatetimeIndex(pd.to_datetime(targets["target_ts"], utc=True))
-        ready.append(Window(item, bars, future, w.sha256))
+        ready.append(Window(item, times, values, future, w.sha256))
 
     predictor = pinned_predictor(pair, target, params.batch_size)
     predicted, errors = predict_windows(predictor, ready, params, run.seed)

@@ -21,6 +21,7 @@ from .items import (
     read_windows,
     reset_shard,
     shard_items,
+    window_arrays,
     window_starts,
 )
 from .runs import (
@@ -44,6 +45,7 @@ __all__ = [
     "item_failures",
     "plan_items",
     "read_windows",
+    "window_arrays",
     "window_starts",
     "reset_shard",
     "shard_items",

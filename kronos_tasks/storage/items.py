@@ -119,18 +119,19 @@ def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limi
     query per ``READ_CHUNK`` entries instead of one per symbol. Symbols without bars are left out."""
     return {
         item.symbol: pd.DataFrame({"ts": times, **{f: values[i] for i, f in enumerate(FEATURES)}})
-        for item, times, values in _windows(engine, items, end, limit)
+        for item, times, values in window_arrays(engine, items, end, limit)
     }
 
 
 def window_starts(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int) -> dict[str, pd.Timestamp]:
     """The time (UTC) of the oldest of the last ``limit`` bars up to ``end`` of each entry, by symbol: where
     ``read_windows`` would start, without a frame per symbol. Symbols without bars are left out."""
-    return {item.symbol: times[0] for item, times, _ in _windows(engine, items, end, limit)}
+    return {item.symbol: times[0] for item, times, _ in window_arrays(engine, items, end, limit)}
 
 
-def _windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int):
-    """``read_windows``' bars as (entry, times [bars], values [features, bars]) for each entry with bars."""
+def window_arrays(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int):
+    """``read_windows``' bars as (entry, times [bars] UTC, values [features, bars] float64) for each entry with
+    bars, without a frame per entry."""
     for start in range(0, len(items), READ_CHUNK):
         chunk = items[start : start + READ_CHUNK]
         if engine.dialect.name == "postgresql":
