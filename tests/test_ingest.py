@@ -244,6 +244,45 @@ def test_daily_file_ingest_skips_an_unchanged_file_and_reads_a_grown_one_from_it
     assert parsed[-1] == 303
 
 
+@pytest.mark.parametrize("chunk_bytes", [5, 64, 1 << 20])
+def test_a_file_scan_finds_the_lines_and_resume_offset_of_any_prefix_across_read_chunks(tmp_path, chunk_bytes):
+    """The daily ingest resumes a grown file ``OVERLAP_BARS`` lines before where its last read ended: the
+    scan's line count and offsets must not depend on where its reads split the file."""
+    import hashlib
+
+    from kronos_tasks.pipeline.ingest import _scan
+
+    rng = np.random.default_rng(3)
+    lines = [b"ts,open"] + [b"x" * int(n) for n in rng.integers(0, 30, 40)]
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "f.csv").write_bytes(data)
+    ends = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    for prefix in [*ends[:6], *ends[-4:], 3, len(data) - 1, None]:
+        digest, head, count, start = _scan(tmp_path / "f.csv", prefix, context=5, chunk_bytes=chunk_bytes)
+        assert digest == hashlib.sha256(data).hexdigest()
+        if prefix is None or prefix not in ends:  # read whole: no prefix, or one that ends mid-line
+            assert (head, count, start) == (None, 0, None), prefix
+            continue
+        inside = ends[: ends.index(prefix) + 1]
+        assert head == hashlib.sha256(data[:prefix]).hexdigest()
+        assert count == len(inside), prefix
+        # the sixth-latest line end of the prefix starts the five lines of context; the header is never one
+        assert start == (inside[-6] if len(inside) > 5 else None), prefix
+
+
+def test_combined_rows_split_by_symbol_as_groupby_would_whether_or_not_each_symbol_is_one_block():
+    from kronos_tasks.data.sources import _runs
+
+    frame = pd.DataFrame({"x": np.arange(7)}, index=np.arange(10, 17))
+    for names in (["B", "B", "A", "A", "A", "C", "C"], ["B", "A", "B", "A", "A", "C", "B"], ["A"] * 7):
+        names = np.array(names, dtype=object)
+        got = _runs(frame, names)
+        want = list(frame.groupby(names, sort=False))
+        assert [name for name, _ in got] == [name for name, _ in want]
+        for (_, part), (_, expected) in zip(got, want):
+            pd.testing.assert_frame_equal(part, expected)  # the same rows, with their original index
+
+
 def test_grown_files_are_read_together_and_a_bad_one_fails_alone(engine, tmp_path):
     from kronos_tasks.data.watchlist import WatchItem
     from kronos_tasks.pipeline.ingest import ingest_files

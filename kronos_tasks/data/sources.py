@@ -186,6 +186,16 @@ def read_series(
 SYMBOL_COLUMN, ROW_COLUMN = "__kronos_symbol__", "__kronos_row__"
 
 
+def _runs(frame: pd.DataFrame, names: np.ndarray) -> list[tuple[str, pd.DataFrame]]:
+    """``frame``'s rows by ``names``, in order of first appearance. Rows of several files combined come one
+    file after another: then each name's rows are one slice of the frame, not a copy gathered by groupby."""
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    if len(starts) != len(set(names[starts])):  # a name in two places
+        return [(str(s), part) for s, part in frame.groupby(names, sort=False)]
+    ends = [*starts[1:], len(names)]
+    return [(str(names[a]), frame.iloc[a:b]) for a, b in zip(starts, ends)]
+
+
 def series_from_frame(
     frame: pd.DataFrame,
     path: Path,
@@ -227,15 +237,15 @@ def series_from_frame(
     name_symbol, name_interval = symbol_and_interval_from_name(path)
     groups = [(symbol or name_symbol, out)]
     if combined:
-        groups = [(str(s), part) for s, part in out.groupby(symbols.to_numpy(), sort=False)]
+        groups = _runs(out, symbols.to_numpy())
     elif symbol_column is not None and symbol is None:
         names = frame[symbol_column].astype("string").str.strip().fillna("")  # blank cells: symbol ""
         groups = [(str(s), part) for s, part in out.groupby(names.to_numpy(), sort=True)]
 
-    series = []
+    series, any_unreadable = [], bool(unreadable.notna().any())
     for name, bars in groups:
         own_notes = list(notes)
-        bad = unreadable[bars.index].dropna()
+        bad = unreadable[bars.index].dropna() if any_unreadable else ()
         if len(bad):
             # At most 5 values of at most 32 characters: enough to find the row, never a whole line of the file.
             shown = ", ".join(f"row {bars.loc[i, 'row']} ({str(value)[:32]!r})" for i, value in bad.iloc[:5].items())

@@ -200,7 +200,9 @@ def store(
 TAILABLE = (".csv",)  # files whose new rows can be read from where the last read ended
 
 
-def _scan(path: Path, prefix: int | None, context: int = OVERLAP_BARS) -> tuple[str, str | None, int, int | None]:
+def _scan(
+    path: Path, prefix: int | None, context: int = OVERLAP_BARS, chunk_bytes: int = 1 << 20
+) -> tuple[str, str | None, int, int | None]:
     """One pass over a file -> (its SHA-256, the SHA-256 of its first ``prefix`` bytes, the lines in them,
     the byte where the last ``context`` of those lines start). The last two are None and 0 when the prefix
     does not end a line (the file was not simply appended to)."""
@@ -208,15 +210,16 @@ def _scan(path: Path, prefix: int | None, context: int = OVERLAP_BARS) -> tuple[
     starts: deque[int] = deque(maxlen=context + 1)  # offsets just after the latest newlines of the prefix
     read = 0
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
+        while chunk := handle.read(chunk_bytes):
             inside = len(chunk) if prefix is None or head is not None else min(len(chunk), prefix - read)
             part = chunk[:inside]
             if head is None:
-                at = part.find(b"\n")
-                while at >= 0:
-                    lines += 1
-                    starts.append(read + at + 1)
-                    at = part.find(b"\n", at + 1)
+                lines += part.count(b"\n")
+                latest, end = [], len(part)  # the chunk's last context + 1 newlines, from the end back
+                while len(latest) < starts.maxlen and (at := part.rfind(b"\n", 0, end)) >= 0:
+                    latest.append(read + at + 1)
+                    end = at
+                starts.extend(reversed(latest))
             whole.update(part)
             if prefix is not None and head is None and read + inside == prefix:
                 head = whole.copy()
