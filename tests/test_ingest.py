@@ -312,6 +312,38 @@ def test_grown_files_are_read_together_and_a_bad_one_fails_alone(engine, tmp_pat
     assert unchanged == 2 and "BBB" in again.failed  # the failed file is read again next time
 
 
+def test_grown_files_read_together_store_each_symbol_its_own_bars_less_the_ones_a_rule_drops(engine, tmp_path):
+    """The tails of many files are checked as one table: each symbol must get exactly its own new rows, and a
+    bar a rule drops must be the one the finding names."""
+    from kronos_tasks.data.watchlist import WatchItem
+    from kronos_tasks.pipeline.ingest import ingest_files
+
+    source = goog(230)
+    entries, frames = [], {}
+    for scale, name in enumerate(("AAA", "BBB", "CCC"), start=1):
+        frame = source.copy()
+        frame[["Open", "High", "Low", "Close"]] *= scale  # each file its own prices
+        frames[name] = frame
+        path = tmp_path / f"{name}_1d.csv"
+        frame.iloc[:200].to_csv(path)
+        entries.append((WatchItem(name, "XNYS", "1d", None, "America/New_York"), path))
+    ingest_files(engine, entries)
+    frames["BBB"].iloc[215, frames["BBB"].columns.get_loc("Volume")] = -1.0  # file row 216: dropped
+    for (_, path), frame in zip(entries, frames.values()):
+        with path.open("a") as handle:
+            handle.write(frame.iloc[200:].to_csv(header=False))
+    grown, _ = ingest_files(engine, entries)
+    assert grown.written == {"AAA": 40, "BBB": 39, "CCC": 40} and not grown.failed  # 10 of overlap + 30 new
+    assert [(f.symbol, f.row, f.rule, f.action) for f in grown.report.findings] == [
+        ("BBB", 216, "negative_volume", "reject_bar")
+    ]
+    for name, frame in frames.items():
+        stored = bars_of(engine, name, "1d")
+        want = frame.drop(frame.index[215]) if name == "BBB" else frame
+        np.testing.assert_allclose(stored["close"].to_numpy(), want["Close"].to_numpy(), err_msg=name)
+        assert len(stored) == len(want) and (stored["volume"] >= 0).all()
+
+
 def test_an_exchange_whose_calendar_cannot_be_built_fails_its_symbols_alone(engine, tmp_path):
     from kronos_tasks.data.calendars import exchange_timezone
     from kronos_tasks.data.watchlist import WatchItem

@@ -90,10 +90,14 @@ def check_policies(policies: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-def _off_grid(utc_ns: np.ndarray, interval: Interval, timezone: str) -> np.ndarray:
-    """Bars (UTC nanoseconds) whose wall-clock time in ``timezone`` is off the interval's grid."""
-    local = pd.DatetimeIndex(utc_ns, tz="UTC").tz_convert(timezone).tz_localize(None).as_unit("ns").asi8
-    time_of_day = np.mod(local, DAY_NS)
+def wall_clock_ns(utc_ns: np.ndarray, timezone: str) -> np.ndarray:
+    """UTC nanoseconds as wall-clock nanoseconds in ``timezone`` (NaT stays NaT)."""
+    return pd.DatetimeIndex(utc_ns, tz="UTC").tz_convert(timezone).tz_localize(None).as_unit("ns").asi8
+
+
+def _off_grid(local_ns: np.ndarray, interval: Interval) -> np.ndarray:
+    """Bars (wall-clock nanoseconds) whose time of day is off the interval's grid."""
+    time_of_day = np.mod(local_ns, DAY_NS)
     if interval.daily:
         # Daily bars share one time of day (usually midnight): any other is off the grid.
         values, counts = np.unique(time_of_day, return_counts=True)
@@ -125,24 +129,44 @@ def _isolated(utc_ns: np.ndarray, good_time: np.ndarray) -> np.ndarray:
 def validate(
     symbol: str, bars: pd.DataFrame, interval: Interval, timezone: str = "UTC", policies: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, Report]:
-    """Apply every rule to one symbol's bars -> (bars kept, report). Kept bars are sorted by time.
+    """Apply every rule to one symbol's bars -> (bars kept, report). Kept bars are sorted by time."""
+    utc_ns = pd.DatetimeIndex(bars["ts"]).as_unit("ns").asi8  # NaT: the smallest int64
+    # [bars, 6], column by column: a multi-column selection costs 4x more on the few rows of a daily ingest
+    values = np.column_stack([bars[f].to_numpy(dtype=float) for f in FEATURES]).reshape(len(bars), len(FEATURES))
+    kept, report = check_bars(
+        symbol, utc_ns, values, bars["row"].to_numpy(), interval, timezone, check_policies(policies or {})
+    )
+    if kept is None:
+        return bars.iloc[0:0], report
+    unchanged = len(kept) == len(bars) and (kept == np.arange(len(bars))).all()
+    return (bars if unchanged else bars.take(kept)).reset_index(drop=True), report
 
-    The rules run on numpy arrays: a symbol's few new bars of a daily ingest cost well under a millisecond.
+
+def check_bars(
+    symbol: str,
+    utc_ns: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    interval: Interval,
+    timezone: str,
+    policies: dict[str, str],
+    local_ns: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, Report]:
+    """``validate`` on one symbol's bars as arrays: times (UTC nanoseconds, NaT the smallest int64), values
+    [bars, 6] in ``FEATURES`` order and file rows; ``policies`` as ``check_policies`` returns them;
+    ``local_ns`` the times' wall clock in ``timezone`` when already known. -> (the positions of the kept bars
+    in time order, None when the symbol is rejected; report). Numpy only: the daily ingest runs it on each of
+    thousands of symbols' few new bars, cut from one table.
     """
-    policies = check_policies(policies or {})
     report = Report()
-    report.bars_in[symbol] = len(bars)
+    report.bars_in[symbol] = len(utc_ns)
     if len(symbol) > SYMBOL_MAX:
         report.rejected_symbols[symbol] = (
             f"the symbol is {len(symbol)} characters long; the database holds at most {SYMBOL_MAX}: use a shorter name"
         )
         report.bars_kept[symbol] = 0
-        return bars.iloc[0:0], report
+        return None, report
     flags: dict[str, np.ndarray] = {}
-    ts = bars["ts"]
-    utc_ns = pd.DatetimeIndex(ts).as_unit("ns").asi8  # NaT: the smallest int64
-    # [bars, 6], column by column: a multi-column selection costs 4x more on the few rows of a daily ingest
-    values = np.column_stack([bars[f].to_numpy(dtype=float) for f in FEATURES])
     opens, highs, lows, closes, volumes, amounts = values.T
     flags["bad_timestamp"] = utc_ns == NAT
     flags["non_finite"] = ~np.isfinite(values).all(axis=1)
@@ -155,39 +179,39 @@ def validate(
     flags["isolated_timestamp"] = _isolated(utc_ns, good_time)
     if policies["isolated_timestamp"] != "warn":
         good_time = good_time & ~flags["isolated_timestamp"]  # so that it is not also "decreasing"
-    first = np.ones(len(bars), bool)
+    first = np.ones(len(utc_ns), bool)
     first[np.unique(utc_ns, return_index=True)[1]] = False
     flags["duplicate_timestamp"] = first & good_time
     # A bar is "decreasing" when it is earlier than the latest valid timestamp before it (in file order).
-    latest_valid = np.maximum.accumulate(np.where(good_time, np.arange(len(bars)), -1))
+    latest_valid = np.maximum.accumulate(np.where(good_time, np.arange(len(utc_ns)), -1))
     previous = np.concatenate([[-1], latest_valid[:-1]])
     flags["decreasing_timestamp"] = good_time & (previous >= 0) & (utc_ns < utc_ns[np.maximum(previous, 0)])
-    flags["off_grid"] = np.zeros(len(bars), bool)
+    flags["off_grid"] = np.zeros(len(utc_ns), bool)
     if good_time.any():
-        flags["off_grid"][good_time] = _off_grid(utc_ns[good_time], interval, timezone)
+        local = wall_clock_ns(utc_ns[good_time], timezone) if local_ns is None else local_ns[good_time]
+        flags["off_grid"][good_time] = _off_grid(local, interval)
 
-    drop = np.zeros(len(bars), bool)
+    drop = np.zeros(len(utc_ns), bool)
     for rule, flagged in flags.items():
-        policy = policies[rule]
-        for index in np.flatnonzero(flagged):
-            report.findings.append(Finding(symbol, int(bars["row"].iloc[index]), ts.iloc[index], rule, policy))
         if not flagged.any():
             continue
+        policy = policies[rule]
+        for index in np.flatnonzero(flagged):
+            when = pd.NaT if utc_ns[index] == NAT else pd.Timestamp(int(utc_ns[index]), tz="UTC")
+            report.findings.append(Finding(symbol, int(rows[index]), when, rule, policy))
         if policy == "reject_symbol":
-            first = int(bars["row"].iloc[np.flatnonzero(flagged)[0]])
-            reason = f"{RULES[rule]} [{rule}], first at row {first}"
+            reason = f"{RULES[rule]} [{rule}], first at row {int(rows[np.flatnonzero(flagged)[0]])}"
             earlier = report.rejected_symbols.get(symbol)
             report.rejected_symbols[symbol] = f"{earlier}; {reason}" if earlier else reason
         elif policy == "reject_bar":
             drop |= flagged
     if symbol in report.rejected_symbols:
         report.bars_kept[symbol] = 0
-        return bars.iloc[0:0], report
-    kept = bars[~drop] if drop.any() else bars
-    if not (np.diff(utc_ns[~drop]) >= 0).all():
-        kept = kept.sort_values("ts", kind="stable")
-    kept = kept.reset_index(drop=True)
-    if kept.empty:
+        return None, report
+    kept = np.flatnonzero(~drop)
+    if not (np.diff(utc_ns[kept]) >= 0).all():
+        kept = kept[np.argsort(utc_ns[kept], kind="stable")]
+    if not len(kept):
         report.rejected_symbols[symbol] = "no bar passed validation"
     report.bars_kept[symbol] = len(kept)
     return kept, report

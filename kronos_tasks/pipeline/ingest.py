@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from kronos_tasks.data import DataError, Interval, Report, exchange_timezone, files_under, read_series, validate
+from kronos_tasks.data.schema import FEATURES
 from kronos_tasks.data.sources import ROW_COLUMN, SYMBOL_COLUMN, series_from_frame
+from kronos_tasks.data.validation import check_bars, check_policies, wall_clock_ns
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.storage import (
     instrument,
@@ -77,8 +80,8 @@ def source_file(item: WatchItem, data_dir: Path) -> Path:
         return inside(item.file)
     for suffix in (".csv", ".parquet", ".csv.gz"):
         for name in (f"{item.symbol}_{item.interval}{suffix}", f"{item.symbol}{suffix}"):
-            if inside(name).is_file():
-                return inside(name)
+            if (path := inside(name)).is_file():
+                return path
     raise DataError(
         f"{item.symbol}: no file {item.symbol}_{item.interval}.csv (or .parquet) in {data_dir}; "
         "add one or set `file` in the watchlist."
@@ -336,7 +339,8 @@ def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str
         with state.path.open("rb") as handle:
             header = handle.readline()
         groups[(header.rstrip(b"\r\n"), zone, state.item.interval)].append(state)
-    written = []
+    policies = check_policies(policies or {})
+    written, kept_bars = [], []
     for (header, zone, interval), states in groups.items():
         buffer = io.BytesIO()
         buffer.write(f"{SYMBOL_COLUMN},{ROW_COLUMN},".encode() + header + b"\n")
@@ -356,27 +360,39 @@ def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str
             for state in states:
                 result.failed[state.item.symbol] = f"{state.path}: {exc}"
             continue
-        for one in series:
-            state = by_symbol[one.symbol]
-            since, bars = starts.get(one.symbol), one.bars
+        # The rules run on arrays cut from one table of every symbol's rows: per-symbol frames cost more
+        # than the checks on a daily ingest's few new bars each.
+        table = pd.concat([one.bars for one in series], ignore_index=True)
+        utc_ns = pd.DatetimeIndex(table["ts"]).as_unit("ns").asi8  # NaT: the smallest int64
+        local_ns = wall_clock_ns(utc_ns, zone)
+        values = np.column_stack([table[f].to_numpy(dtype=float) for f in FEATURES]).reshape(len(table), -1)
+        file_rows = table["row"].to_numpy()
+        kept_rows = []
+        for one, end in zip(series, np.cumsum([len(one.bars) for one in series])):
+            state, at = by_symbol[one.symbol], np.arange(end - len(one.bars), end)
+            since = starts.get(one.symbol)
             if since is not None:
-                kept = (bars["ts"] >= since).to_numpy()
-                if not kept.all():  # usually every row of a tail is kept: no copy then
-                    bars = bars[kept].reset_index(drop=True)
-            if bars.empty:
+                at = at[utc_ns[at] >= since.value]  # usually every row of a tail
+            if not len(at):
                 result.written[one.symbol] = 0
                 continue
-            kept, report = validate(one.symbol, bars, one.interval, zone, policies)
+            kept, report = check_bars(
+                one.symbol, utc_ns[at], values[at], file_rows[at], one.interval, zone, policies, local_ns[at]
+            )
             if one.notes:
                 report.notes[one.symbol] = list(one.notes)
             result.report.merge(report)
             if one.symbol in report.rejected_symbols:
                 result.failed[one.symbol] = f"rejected by validation: {report.rejected_symbols[one.symbol]}"
                 continue
-            written.append((one.symbol, interval, kept, state.item.exchange.upper(), zone, str(state.path)))
+            kept_rows.append(at[kept])
+            written.append((one.symbol, interval, len(kept), state.item.exchange.upper(), zone, str(state.path)))
             result.written[one.symbol] = len(kept)
+        if kept_rows:
+            kept_bars.append(table.take(np.concatenate(kept_rows)))
     try:
-        write_bars_many(engine, written)
+        if written:
+            write_bars_many(engine, pd.concat(kept_bars, ignore_index=True), written)
     except SQLAlchemyError as exc:
         for symbol, *_ in written:
             result.failed[symbol] = f"{type(exc).__name__}: {exc}"

@@ -55,16 +55,19 @@ def write_bars(
         return upsert_frame(connection, Bar.__table__, frame, ["symbol", "interval", "ts"])
 
 
-def write_bars_many(engine: Engine, entries: list[tuple[str, str, pd.DataFrame, str | None, str, str | None]]) -> int:
-    """``write_bars`` for many symbols in one transaction: entries of (symbol, interval, bars, exchange,
-    timezone, source); one instruments upsert and one bars upsert for all of them."""
+def write_bars_many(
+    engine: Engine, bars: pd.DataFrame, entries: list[tuple[str, str, int, str | None, str, str | None]]
+) -> int:
+    """``write_bars`` for many symbols in one transaction: ``bars`` (ts + features) holds their bars one symbol
+    after another, as ``entries`` of (symbol, interval, bar count, exchange, timezone, source) say; one
+    instruments upsert and one bars upsert for all of them."""
     if not entries:
         return 0
     now = _now()
-    # One frame for every symbol, built once (per-symbol pandas operations cost more than the write).
-    sizes = [len(bars) for _, _, bars, _, _, _ in entries]
-    frame = pd.concat([bars for _, _, bars, _, _, _ in entries], ignore_index=True)[["ts", *FEATURES]]
-    frame = frame.astype({f: np.float64 for f in FEATURES})
+    sizes = [count for _, _, count, _, _, _ in entries]
+    if sum(sizes) != len(bars):
+        raise ValueError(f"write_bars_many: the entries count {sum(sizes)} bars, the frame holds {len(bars)}")
+    frame = bars[["ts", *FEATURES]].astype({f: np.float64 for f in FEATURES}).reset_index(drop=True)
     frame["ts"] = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC")
     frame["symbol"] = np.repeat([e[0] for e in entries], sizes)
     frame["interval"] = np.repeat([e[1] for e in entries], sizes)
