@@ -17,7 +17,7 @@ from .watchlist import WatchItem
 
 
 def _key(*parts, history: pd.Series) -> tuple:
-    recent = pd.DatetimeIndex(history.array[-RECENT_BARS:]).as_unit("ns").asi8
+    recent = history.array[-RECENT_BARS:].as_unit("ns").asi8
     return (*parts, hashlib.sha1(recent.tobytes()).hexdigest())
 
 
