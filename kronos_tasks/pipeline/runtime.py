@@ -5,12 +5,13 @@ from __future__ import annotations
 import gc
 from datetime import datetime, timezone
 from functools import lru_cache
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from kronos_tasks.errors import ParamsError
 from kronos_tasks.settings import Settings, load
-from kronos_tasks.storage import make_engine, require_schema
+
+if TYPE_CHECKING:  # sqlalchemy and pandas load with the database, not with this module (see relax_gc)
+    from sqlalchemy import Engine
 
 GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's default: 700)
 
@@ -31,6 +32,8 @@ def relax_gc() -> None:
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     """A pooled engine for ``url``, checked once to be migrated to the code's schema."""
+    from kronos_tasks.storage import make_engine, require_schema
+
     engine = make_engine(url)
     require_schema(engine)
     return engine
