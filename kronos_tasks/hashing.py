@@ -33,15 +33,15 @@ def frame_sha256(frame: pd.DataFrame, columns: list[str]) -> str:
     return digest.hexdigest()
 
 
-def window_sha256(times: pd.DatetimeIndex, values: np.ndarray, features: list[str] | None = None) -> str:
-    """``frame_sha256`` of a frame of ``ts`` (``times``, aware) and ``features`` (rows of ``values``; default
-    the model's six), computed on the arrays: the same digest without building the frame."""
+def window_sha256(times: pd.DatetimeIndex, values: np.ndarray) -> str:
+    """``frame_sha256`` of a frame of ``ts`` (``times``, aware) and the model's six features (the rows of
+    ``values``, in ``FEATURES`` order), computed on the arrays: the same digest without building the frame."""
     from kronos_tasks.data import FEATURES
 
     digest = hashlib.sha256()
     digest.update(b"ts")
     digest.update(times.as_unit("ns").asi8.tobytes())
-    for column, row in zip(features or FEATURES, values, strict=True):
+    for column, row in zip(FEATURES, values, strict=True):
         digest.update(column.encode())
         digest.update(np.ascontiguousarray(row, dtype=np.float64).tobytes())
     return digest.hexdigest()

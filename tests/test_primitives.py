@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import reference
+from kronos_tasks.data import FEATURES
 from kronos_tasks.hashing import combine, frame_sha256, sha256_file, window_sha256
 from kronos_tasks.inference.features import normalise, time_features
 from kronos_tasks.inference.sampling import SamplingParams, filter_logits, sample_from_logits, stream_keys, uniforms
@@ -128,12 +129,13 @@ def test_content_hashes_follow_their_documented_layout(tmp_path):
         + struct.pack("<2d", 1.5, 2.25)
     ).hexdigest()
     assert frame_sha256(frame, ["timestamps", "close"]) == want
-    # the same digest from the arrays a forecast window is cut from: times in microseconds, not yet as float64
-    times = pd.DatetimeIndex(frame["timestamps"]).as_unit("us")
-    assert window_sha256(times, frame[["close"]].to_numpy().T, ["close"]) != want  # "ts", not "timestamps"
-    assert window_sha256(times, frame[["close"]].to_numpy().T, ["close"]) == frame_sha256(
-        frame.rename(columns={"timestamps": "ts"}), ["ts", "close"]
-    )
+    # the same digest from the arrays a forecast window is cut from: times in microseconds, integer volumes
+    bars = pd.DataFrame({"ts": pd.DatetimeIndex(frame["timestamps"]).as_unit("us")})
+    for n, feature in enumerate(FEATURES):
+        bars[feature] = np.arange(2, dtype=np.int64) + n if feature == "volume" else frame["close"] + n
+    values = np.stack([bars[f].to_numpy(np.float64) for f in FEATURES])
+    assert window_sha256(pd.DatetimeIndex(bars["ts"]), values) == frame_sha256(bars, ["ts", *FEATURES])
+    assert window_sha256(pd.DatetimeIndex(bars["ts"]), values[::-1]) != frame_sha256(bars, ["ts", *FEATURES])
     assert combine({"b": "2", "a": "1"}) == hashlib.sha256(b"a=1\nb=2\n").hexdigest()
 
 

@@ -17,9 +17,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from kronos_tasks.data import DataError, Interval, Report, exchange_timezone, files_under, read_series, validate
-from kronos_tasks.data.schema import FEATURES
 from kronos_tasks.data.sources import ROW_COLUMN, SYMBOL_COLUMN, series_from_frame
-from kronos_tasks.data.validation import check_bars, check_policies, wall_clock_ns
+from kronos_tasks.data.validation import bar_arrays, check_bars, check_policies, wall_clock_ns
 from kronos_tasks.data.watchlist import WatchItem
 from kronos_tasks.storage import (
     instrument,
@@ -363,9 +362,8 @@ def ingest_tails(engine: Engine, tails: list[FileState], policies: dict[str, str
         # The rules run on arrays cut from one table of every symbol's rows: per-symbol frames cost more
         # than the checks on a daily ingest's few new bars each.
         table = pd.concat([one.bars for one in series], ignore_index=True)
-        utc_ns = pd.DatetimeIndex(table["ts"]).as_unit("ns").asi8  # NaT: the smallest int64
+        utc_ns, values = bar_arrays(table)
         local_ns = wall_clock_ns(utc_ns, zone)
-        values = np.column_stack([table[f].to_numpy(dtype=float) for f in FEATURES]).reshape(len(table), -1)
         file_rows = table["row"].to_numpy()
         kept_rows = []
         for one, end in zip(series, np.cumsum([len(one.bars) for one in series])):
