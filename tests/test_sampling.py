@@ -135,3 +135,12 @@ def test_quantile_levels_are_checked_to_the_last_word():
         with pytest.raises(InputError) as refused:
             check_quantiles(levels)
         assert str(refused.value) == message
+
+
+def test_half_precision_logits_are_sampled_in_float32():
+    # A bfloat16 cumulative sum over a large vocabulary keeps about 3 significant digits, which moves the
+    # inverse-CDF choice of many rows; sampling must see the logits' exact float32 values instead.
+    logits = (torch.randn(256, 1024, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16)
+    u = uniforms(stream_keys(torch.arange(256), torch.zeros(256, dtype=torch.int64)), 1, torch.float32)[:, 0, 0]
+    params = SamplingParams(T=1.0, top_k=0, top_p=0.9)
+    assert torch.equal(sample_from_logits(logits, params, u), sample_from_logits(logits.float(), params, u))

@@ -83,11 +83,23 @@ class _Series:
     y_timestamp: object
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise InputError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}.")
+    return DTYPES[name]
+
+
 class KronosPredictor:
     """Forecasts OHLCVA bars with a Kronos model and its tokenizer.
 
     ``batch_size`` bounds how many series decode together (memory grows with batch_size x sample_count x
     window); ``method`` is ``"cached"`` (default) or ``"full"``, the slow full-recompute reference path.
+    ``dtype`` (``"float32"``, ``"bfloat16"`` or ``"float16"``; default: the weights' own) casts model and
+    tokenizer; half precision halves memory and speeds up a GPU, and forecasts move by its rounding
+    (bench/RESULTS.md has the parity report). Sampling always runs in float32.
     """
 
     def __init__(
@@ -100,6 +112,7 @@ class KronosPredictor:
         *,
         batch_size: int = 32,
         method: str = "cached",
+        dtype: str | None = None,
     ):
         check_pair(tokenizer.config, model.config)
         self.max_context = check_int("max_context", max_context, 1)
@@ -111,8 +124,9 @@ class KronosPredictor:
         self.method = method
         self.clip = clip
         self.device = torch.device(device or default_device())
-        self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer.to(self.device).eval()
+        cast = {} if dtype is None else {"dtype": _dtype(dtype)}
+        self.model = model.to(self.device, **cast).eval()
+        self.tokenizer = tokenizer.to(self.device, **cast).eval()
 
     def predict(
         self,

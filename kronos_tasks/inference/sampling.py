@@ -17,6 +17,7 @@ __all__ = [
     "filter_logits",
     "mix32",
     "sample_from_logits",
+    "sampling_dtype",
     "stream_keys",
     "uniforms",
 ]
@@ -69,6 +70,11 @@ def stream_keys(seeds: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor
     return mix32(key ^ sample_index)
 
 
+def sampling_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype draws and probabilities are computed in: float32, or float64 for a float64 model."""
+    return torch.promote_types(model_dtype, torch.float32)
+
+
 def uniforms(keys: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
     """Uniform draws in (0, 1] of the rows' streams for ``steps`` steps: [R, steps, 2].
 
@@ -83,7 +89,12 @@ def uniforms(keys: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor
 
 
 def sample_from_logits(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> torch.Tensor:
-    """Token ids [R] drawn from ``logits`` [R, V] with one uniform per row ``u`` [R] (inverse CDF)."""
+    """Token ids [R] drawn from ``logits`` [R, V] with one uniform per row ``u`` [R] (inverse CDF).
+
+    Half-precision logits are sampled in float32: a bfloat16 cumulative sum over thousands of tokens
+    would round most of the distribution away.
+    """
+    logits = logits.to(sampling_dtype(logits.dtype))
     logits = filter_logits(logits / params.T, params.top_k, params.top_p)
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # [R, V]
     # The first token whose cumulative mass reaches u * total: never a token of zero probability.
