@@ -179,3 +179,71 @@ def test_shared_prefix_attention_equals_softmax_over_the_concatenated_window(
                 weights = torch.softmax(keys @ q[row, :, t, :, None] / head_dim**0.5, dim=1)  # [H, K, 1]
                 expected[row, :, t] = (weights * vals).sum(dim=1)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def slot_logits(model, batch, samples, tokens):
+    """``teacher_forced_logits`` of the cached path whose steps after the first run as the static-shape step."""
+    s1, s2 = tokens
+    generated = gen._Generated(s1=s1, s2=s2, stamps=batch.future_stamps.repeat_interleave(samples, 0))
+    steps = gen._CachedSteps(model, batch, samples, generated)
+    out = []
+    with torch.inference_mode():
+        s1_logits, s2_input = steps.s1_logits(0)
+        out.append((s1_logits.clone(), steps.s2_logits(s2_input, s1[:, 0], 0).clone()))
+        for layer in steps.layers:
+            layer.clear_suffix()
+        for slot in range(batch.pred_len - 1):
+            at = torch.tensor([slot])
+            s1_logits, s2_input = steps.slot_s1_logits(at)
+            out.append((s1_logits.clone(), steps.slot_s2_logits(s2_input, s1[:, slot + 1], at).clone()))
+    return out
+
+
+NOT_SLIDING = [case for case, (lengths, pred_len, context) in CASES.items() if max(lengths) + pred_len - 1 <= context]
+
+
+@pytest.mark.parametrize("case", NOT_SLIDING)
+def test_static_shape_steps_give_the_logits_of_the_plain_cached_steps(case):
+    lengths, pred_len, max_context = CASES[case]
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=1), random_model(MODEL, seed=2)
+    batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float32)
+    samples = 3
+    rows = len(lengths) * samples
+    tokens = (torch.randint(0, 128, (rows, pred_len)), torch.randint(0, 128, (rows, pred_len)))
+    plain = teacher_forced_logits(gen._CachedSteps, model, batch, samples, tokens)
+    static = slot_logits(model, batch, samples, tokens)
+    for step, ((p1, p2), (s1, s2)) in enumerate(zip(plain, static)):
+        assert relative_difference(s1, p1) <= 1e-6, f"s1 logits differ at step {step}"
+        assert relative_difference(s2, p2) <= 1e-6, f"s2 logits differ at step {step}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "params", [SamplingParams(top_k=1, top_p=1.0), SamplingParams(T=1.0, top_p=0.9)], ids=["greedy", "nucleus"]
+)
+def test_static_shape_steps_draw_the_tokens_of_the_plain_cached_steps(case, params, monkeypatch):
+    lengths, pred_len, max_context = CASES[case]
+    tokenizer, model = random_tokenizer(TOKENIZER, seed=3).double(), random_model(MODEL, seed=4).double()
+    batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float64)
+    seeds = torch.tensor([5, 6, 7][: len(lengths)])
+    plain = gen.generate_tokens(model, batch, 4, params, seeds, slots=False)
+    ran = []
+    monkeypatch.setattr(gen, "_slot_steps", lambda *args, **kwargs: ran.append(gen_slot_steps(*args, **kwargs)))
+    static = gen.generate_tokens(model, batch, 4, params, seeds, slots=True)
+    assert torch.equal(plain[0], static[0]) and torch.equal(plain[1], static[1])
+    # The static step ran (eagerly: no CUDA here) exactly where no window slides; sliding ones took plain steps.
+    assert len(ran) == (1 if case in NOT_SLIDING else 0)
+
+
+gen_slot_steps = gen._slot_steps
+
+
+def test_the_static_shape_step_is_taken_only_where_it_applies():
+    tokenizer = random_tokenizer(TOKENIZER, seed=1)
+    steady = make_batch(tokenizer, [40, 17], 12, 512, torch.float32)
+    lengths, pred_len, max_context = CASES["histories longer than the window"]
+    sliding = make_batch(tokenizer, lengths, pred_len, max_context, torch.float32)
+    assert gen.use_slots(True, "cached", steady, 4)
+    assert not gen.use_slots(True, "full", steady, 4)
+    assert not gen.use_slots(True, "cached", sliding, 4)
+    assert not gen.use_slots(None, "cached", steady, 4)  # on the CPU the default is the plain steps

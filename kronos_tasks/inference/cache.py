@@ -105,6 +105,34 @@ class SharedPrefixKV:
         self.write(k, v, start)
         return self.attend(q, start + k.shape[2], causal_start=start)
 
+    def clear_suffix(self) -> None:
+        """Zero every suffix slot: attention over the whole capacity (``attend_through``) weighs the slots
+        not yet written by exactly 0, which leaves them out only if they hold finite numbers."""
+        self.suffix_k.zero_()
+        self.suffix_v.zero_()
+
+    def write_at(self, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor) -> None:
+        """Store keys and values [N*S, H, 1, hd] of one position in the suffix slot ``slot`` (int64 [1])."""
+        self.suffix_k.index_copy_(3, slot, self._by_series(k))
+        self.suffix_v.index_copy_(3, slot, self._by_series(v))
+
+    def extend_at(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """``extend`` for one position whose slot is a tensor: the same result, in tensors of one shape whatever
+        the slot, so that a CUDA graph captured once replays every step."""
+        self.write_at(k, v, slot)
+        return self.attend_through(q, slot)
+
+    def attend_through(self, q: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Attention of one query per path [N*S, H, 1, hd] over the prefix and suffix slots 0..slot.
+
+        Spans the suffix's whole capacity with the later slots masked (they must be finite, see
+        ``clear_suffix``), so no shape depends on ``slot`` (int64 [1]).
+        """
+        capacity = self.suffix_k.shape[3]
+        later = torch.arange(capacity, device=slot.device) > slot
+        bias = torch.zeros(capacity, dtype=q.dtype, device=q.device).masked_fill_(later, float("-inf"))
+        return self._attend(q, capacity, None, suffix_bias=bias)
+
     def _by_series(self, x: torch.Tensor) -> torch.Tensor:
         """[N*S, H, T, hd] -> [N, H, S, T, hd] (a view)."""
         rows, heads, length, head_dim = x.shape
@@ -135,7 +163,9 @@ class SharedPrefixKV:
             parts.append(self._attend(q[:, :, first:last], end if shifted is None else shifted + last - first, shifted))
         return torch.cat(parts, dim=2)
 
-    def _attend(self, q: torch.Tensor, end: int, causal_start: int | None) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, end: int, causal_start: int | None, suffix_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         qs = self._by_series(q) * self.scale  # [N, H, S, T, hd]
         n, heads, samples, length, head_dim = qs.shape
         prefix_len = self.prefix_v.shape[2]
@@ -146,6 +176,8 @@ class SharedPrefixKV:
         if self.prefix_bias is not None:
             scores_prefix = scores_prefix + self.prefix_bias
         scores_suffix = qs @ suffix_k.transpose(-1, -2)  # [N, H, S, T, end]
+        if suffix_bias is not None:
+            scores_suffix = scores_suffix + suffix_bias
         if causal_start is not None and length > 1:
             slot = torch.arange(end, device=q.device)
             query_slot = causal_start + torch.arange(length, device=q.device)

@@ -20,6 +20,7 @@ first token, so each series gets what it would get alone.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -29,7 +30,9 @@ from kronos_tasks.model import Kronos, KronosTokenizer
 from kronos_tasks.model.layers import positions_from_mask
 
 from .cache import SharedPrefixKV
-from .sampling import SamplingParams, sample_from_logits, stream_keys, uniforms
+from .sampling import SamplingParams, sample_from_logits, sampling_dtype, stream_keys, uniforms
+
+log = logging.getLogger(__name__)
 
 DECODING_METHODS = ("cached", "full")
 
@@ -167,6 +170,21 @@ class _CachedSteps:
         attended = self.layers[-1].attend(self.model.s2_query(s1[:, None]), end=step)
         return self.model.s2_logits(state.context, attended)[:, -1]
 
+    def slot_s1_logits(self, slot: torch.Tensor) -> tuple[torch.Tensor, S2Input]:
+        """``s1_logits`` of the step after the token in cache slot ``slot`` (int64 [1]), in tensors whose
+        shapes do not depend on the step. Only for windows that do not slide (see ``never_slides``)."""
+        model, g = self.model, self.generated
+        s1, s2, stamps = g.s1.index_select(1, slot), g.s2.index_select(1, slot), g.stamps.index_select(1, slot)
+        attends = [functools.partial(layer.extend_at, slot=slot) for layer in self.layers[:-1]]
+        context = model.context(model.embed(s1, s2, stamps), model.rope(self.visible_rows + slot), attends)
+        self.layers[-1].write_at(*model.dep_layer.keys_values(context), slot)  # context: [N*S, 1, D]
+        return model.head(context[:, -1]), S2Input(context)
+
+    def slot_s2_logits(self, state: S2Input, s1: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """``s2_logits`` of the step after the token in cache slot ``slot``, given its sampled s1 [N*S]."""
+        attended = self.layers[-1].attend_through(self.model.s2_query(s1[:, None]), slot)
+        return self.model.s2_logits(state.context, attended)[:, -1]
+
     def _prefill(self, visible: list[int]) -> tuple[torch.Tensor, S2Input]:
         """Run the history window of every series once, filling the caches' prefixes."""
         model, batch, samples = self.model, self.batch, self.samples
@@ -241,6 +259,71 @@ class _FullSteps:
 _STEPPERS = {"cached": _CachedSteps, "full": _FullSteps}
 
 
+# Above this many path-steps (rows x pred_len) the static-shape step, whose attention spans the cache's
+# whole capacity, reads more than launching the plain steps' kernels costs. On an H200 (bench/RESULTS.md):
+# faster at 98,304 (4,096 rows x 24 steps: 2.38 s against 2.60-2.72 s) and 1.1-5.4x faster per step up to
+# 32,768; 0.8-0.9x at 262,144 (2,048 rows x 128 steps).
+GRAPH_PATH_STEPS = 131_072
+
+
+def never_slides(batch: TokenizedBatch) -> bool:
+    """Whether every step of ``batch`` sees the same history tokens (no series' window slides)."""
+    return max(batch.kept) + batch.pred_len - 1 <= batch.max_context
+
+
+def use_slots(slots: bool | None, method: str, batch: TokenizedBatch, samples: int) -> bool:
+    """Whether ``generate_tokens`` runs the static-shape step: as asked, or by default on CUDA up to
+    ``GRAPH_PATH_STEPS``; never for the full-recompute method or a window that slides."""
+    if slots is None:
+        rows = len(batch.kept) * samples
+        slots = batch.s1.device.type == "cuda" and rows * batch.pred_len <= GRAPH_PATH_STEPS
+    return slots and method == "cached" and never_slides(batch)
+
+
+def _slot_steps(steps: _CachedSteps, params: SamplingParams, draws: torch.Tensor, capture: bool) -> None:
+    """Steps 1 .. pred_len-1 of a cached decode as one static-shape step, replayed as a CUDA graph when
+    ``capture`` (one capture, then no host work per step), run eagerly otherwise."""
+    g = steps.generated
+    slot = torch.zeros(1, dtype=torch.int64, device=draws.device)  # the cache slot of the token fed in
+    for layer in steps.layers:
+        layer.clear_suffix()
+
+    def step() -> None:
+        s1_logits, s2_input = steps.slot_s1_logits(slot)
+        u = draws.index_select(1, slot + 1)[:, 0]  # [N*S, 2]
+        s1 = sample_from_logits(s1_logits, params, u[:, 0])
+        s2 = sample_from_logits(steps.slot_s2_logits(s2_input, s1, slot), params, u[:, 1])
+        g.s1.index_copy_(1, slot + 1, s1[:, None])
+        g.s2.index_copy_(1, slot + 1, s2[:, None])
+        slot.add_(1)
+
+    remaining = g.s1.shape[1] - 1
+    if not capture:
+        for _ in range(remaining):
+            step()
+        return
+    # The first of these steps runs for real on a side stream: it loads kernels and library handles
+    # before the capture, as CUDA graphs require.
+    side = torch.cuda.Stream(draws.device)
+    side.wait_stream(torch.cuda.current_stream(draws.device))
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream(draws.device).wait_stream(side)
+    if remaining == 1:
+        return
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as error:  # a capture runs nothing, so the remaining steps can still run one by one
+        log.warning("CUDA graph capture failed, decoding step by step instead: %s", error)
+        for _ in range(remaining - 1):
+            step()
+        return
+    for _ in range(remaining - 1):
+        graph.replay()
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: Kronos,
@@ -249,14 +332,21 @@ def generate_tokens(
     params: SamplingParams,
     seeds: torch.Tensor,
     method: str = "cached",
+    slots: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``samples`` token paths per series -> (s1, s2), each [N*S, pred_len], series-major rows.
 
     ``seeds`` [N] int64 gives each series its random stream: a series' paths do not depend on the other
     series in the batch, and the first k paths are the same whatever ``samples`` is.
+
+    ``slots`` runs the cached steps after the first as one static-shape step (``_slot_steps``), captured
+    and replayed as a CUDA graph on a GPU; it computes what the plain cached steps compute, up to float
+    rounding. ``None`` (default) chooses it on CUDA for batches up to ``GRAPH_PATH_STEPS`` (see
+    ``use_slots``); sliding windows always take the plain steps.
     """
     if method not in _STEPPERS:
         raise ValueError(f"method must be one of {DECODING_METHODS}, got {method!r}.")
+    slots = use_slots(slots, method, batch, samples)
     rows = len(batch.kept) * samples
     keys = _stream_keys(seeds, samples)
     generated = _Generated(
@@ -264,13 +354,15 @@ def generate_tokens(
         s2=batch.s2.new_empty(rows, batch.pred_len),
         stamps=batch.future_stamps.repeat_interleave(samples, dim=0),
     )
-    draws = uniforms(keys, batch.pred_len, model.dtype)  # [N*S, pred_len, 2]
+    draws = uniforms(keys, batch.pred_len, sampling_dtype(model.dtype))  # [N*S, pred_len, 2]
     steps = _STEPPERS[method](model, batch, samples, generated)
-    for i in range(batch.pred_len):
+    for i in range(1 if slots else batch.pred_len):
         s1_logits, s2_input = steps.s1_logits(i)
         s1 = sample_from_logits(s1_logits, params, draws[:, i, 0])
         generated.s2[:, i] = sample_from_logits(steps.s2_logits(s2_input, s1, i), params, draws[:, i, 1])
         generated.s1[:, i] = s1
+    if slots and batch.pred_len > 1:
+        _slot_steps(steps, params, draws, capture=batch.s1.device.type == "cuda")
     return generated.s1, generated.s2
 
 
