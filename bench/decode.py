@@ -2,7 +2,9 @@
 
     python bench/decode.py                 # the full table (tens of minutes on 2 CPU cores)
     python bench/decode.py --quick         # Kronos-small only, one symbol and 32 symbols
-    python bench/decode.py --device cuda   # on a GPU
+    python bench/decode.py --device cuda   # on a GPU: also 256 symbols, all in one process
+    python bench/decode.py --device cuda --dtype bfloat16
+    python bench/decode.py --parity --device cuda   # half precision against float32, same seeds
 
 Random weights of the published shapes (Kronos-small, Kronos-base with Kronos-Tokenizer-base), real
 bars from the sample data, nucleus sampling (T=1, top_p=0.9). Each configuration runs in a fresh
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {"Kronos-small": "Kronos-Tokenizer-base", "Kronos-base": "Kronos-Tokenizer-base"}
+DTYPES = ("float32", "bfloat16", "float16")
+DEMO_PAIR = ROOT / "kronos_tasks" / "sample_data" / "demo_pair"
 WINDOWS = [(384, 128), (400, 120)]  # (lookback, pred_len); the second slides past max_context 512
 MAX_CONTEXT = 512
 
@@ -159,8 +163,9 @@ def run_one(config: dict) -> dict:
 
     device, symbols, samples = config["device"], config["symbols"], config["samples"]
     lookback, pred_len = config["lookback"], config["pred_len"]
-    model = random_model(config["model"]).to(device)
-    tokenizer = random_tokenizer(SHAPES[config["model"]]).to(device)
+    dtype = getattr(torch, config.get("dtype", "float32"))
+    model = random_model(config["model"]).to(device, dtype)
+    tokenizer = random_tokenizer(SHAPES[config["model"]]).to(device, dtype)
     bars, stamps, future = _inputs(symbols, lookback, pred_len, model.dtype, device)
     params = SamplingParams(T=1.0, top_k=0, top_p=0.9)
     seeds = torch.arange(symbols, device=device)
@@ -179,6 +184,13 @@ def run_one(config: dict) -> dict:
     out["cached_total_s"] = done - start
     out["cached_step_ms"] = (generated - tokenized) / pred_len * 1e3
     out["tokenize_s"], out["decode_s"] = tokenized - start, done - generated
+    if device.startswith("cuda"):
+        # The same steps as plain cached steps (kernel by kernel), against the default's choice above.
+        out["graph"] = gen.use_slots(None, "cached", batch, samples)
+        begin = _clock(device)
+        eager = gen.generate_tokens(model, batch, samples, params, seeds, "cached", slots=False)
+        out["eager_step_ms"] = (_clock(device) - begin) / pred_len * 1e3
+        out["graph_tokens_equal"] = float(((eager[0] == s1) & (eager[1] == s2)).double().mean())
 
     # Prefill alone: a one-step forecast.
     one = gen.tokenize(tokenizer, bars, stamps, [f[:1] for f in future], MAX_CONTEXT)
@@ -230,14 +242,15 @@ def leak_check(device: str, forecasts: int = 8) -> list[float]:
     return rss
 
 
-def configurations(quick: bool, device: str) -> list[dict]:
+def configurations(quick: bool, device: str, dtype: str = "float32") -> list[dict]:
     configs = []
+    gpu = device.startswith("cuda")
     for model in ["Kronos-small"] if quick else list(SHAPES):
         for lookback, pred_len in WINDOWS[:1] if quick else WINDOWS:
             for samples in [8] if quick else [1, 8]:
-                for symbols in (1, 32):
+                for symbols in (1, 32, 256) if gpu else (1, 32):
                     # Full recompute: 3 steps for one symbol; for 32 symbols a step takes minutes here, so 2.
-                    full_steps = 3 if symbols == 1 or device.startswith("cuda") else 2
+                    full_steps = 3 if symbols == 1 or gpu else 2
                     configs.append(
                         {
                             "model": model,
@@ -246,16 +259,23 @@ def configurations(quick: bool, device: str) -> list[dict]:
                             "samples": samples,
                             "symbols": symbols,
                             "device": device,
+                            "dtype": dtype,
                             "full_steps": full_steps,
                         }
                     )
     return configs
 
 
+def warm_up(device: str, dtype: str) -> None:
+    """One short forecast, so that CUDA's context, kernels and library handles are loaded before timing."""
+    run_one({**configurations(True, device, dtype)[0], "pred_len": 4, "full_steps": 1})
+
+
 def table(info: dict, results: list[dict]) -> str:
     lines = [
         f"Machine: {info['name']}; torch {info['torch']}, {info['threads']} threads; measured read bandwidth "
-        f"{info['bandwidth_gb_s']:.1f} GB/s, matrix multiply {info['matmul_gflop_s']:.0f} GFLOP/s.",
+        f"{info['bandwidth_gb_s']:.1f} GB/s, matrix multiply {info['matmul_gflop_s']:.0f} GFLOP/s (float32); "
+        f"weights and cache in {results[0].get('dtype', 'float32')}.",
         "",
         "| model | lookback / pred_len | samples | symbols | full: ms/step (steps timed) | cached: ms/step | "
         "cached / floor | speed-up per step | full total s | cached total s | speed-up total | "
@@ -264,7 +284,7 @@ def table(info: dict, results: list[dict]) -> str:
     ]
     for r in results:
         rows = r["symbols"] * r["samples"]
-        weight_bytes = 4 * r["params"]
+        weight_bytes = (4 if r.get("dtype", "float32") == "float32" else 2) * r["params"]
         floor_s = max(
             weight_bytes / (info["bandwidth_gb_s"] * 1e9), 2 * r["params"] * rows / (info["matmul_gflop_s"] * 1e9)
         )
@@ -279,6 +299,16 @@ def table(info: dict, results: list[dict]) -> str:
             f"{r['cached_total_s']:.2f} | {speed_total} | {bars / r['cached_total_s']:.0f} | {r['prefill_s']:.2f} | "
             f"{r['peak_mem_mb']:.0f} |"
         )
+    graphs = [r for r in results if "eager_step_ms" in r]
+    if graphs:
+        lines += ["", "Cached steps as a replayed CUDA graph against the same steps launched kernel by kernel:", ""]
+        for r in graphs:
+            lines.append(
+                f"- {r['model']}, {r['lookback']} / {r['pred_len']}, {r['samples']} samples, {r['symbols']} symbols: "
+                f"{r['cached_step_ms']:.2f} ms a step against {r['eager_step_ms']:.2f} ms "
+                f"({r['eager_step_ms'] / r['cached_step_ms']:.1f}x); tokens equal: {r['graph_tokens_equal']:.2%}"
+                + ("." if r["lookback"] + r["pred_len"] - 1 <= MAX_CONTEXT else " (the window slides: no graph).")
+            )
     lines += ["", "Batching, per symbol (whole forecast, cached path):", ""]
     for r in results:
         if r["symbols"] == 1:
@@ -301,10 +331,152 @@ def table(info: dict, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _frames(count: int, lookback: int, pred_len: int) -> list[tuple]:
+    """``count`` (history, x_timestamp, y_timestamp) windows cut from the bundled 5-minute bars."""
+    import pandas as pd
+
+    df = pd.read_csv(ROOT / "kronos_tasks" / "sample_data" / "a_share_5min.csv", parse_dates=["timestamps"])
+    out = []
+    for n in range(count):
+        start = (n * 37) % (len(df) - lookback - pred_len)
+        window = df.iloc[start : start + lookback + pred_len].reset_index(drop=True)
+        history = window.iloc[:lookback]
+        out.append((history.drop(columns="timestamps"), history["timestamps"], window["timestamps"].iloc[lookback:]))
+    return out
+
+
+def _pairs():
+    """(name, loader, max_context, lookback): the demo pair's trained weights and Kronos-small's shape."""
+    from kronos_tasks.model import Kronos, KronosTokenizer, load_pretrained
+    from kronos_tasks.model.presets import random_model, random_tokenizer
+
+    return [
+        (
+            "demo pair (trained, tiny)",
+            lambda: (
+                load_pretrained(KronosTokenizer, DEMO_PAIR / "tokenizer"),
+                load_pretrained(Kronos, DEMO_PAIR / "model"),
+            ),
+            144,
+            120,
+        ),
+        (
+            "Kronos-small shape (random weights)",
+            lambda: (random_tokenizer("Kronos-Tokenizer-base"), random_model("Kronos-small")),
+            512,
+            488,
+        ),
+    ]
+
+
+def parity(device: str, series: int = 32, pred_len: int = 24, samples: int = 16) -> list[dict]:
+    """Half precision against float32 on the same seeds and inputs, through ``KronosPredictor``.
+
+    For each pair and dtype: relative differences |half - float32| / |float32| of the forecast closes,
+    greedy (top_k=1, one path) and the mean of ``samples`` nucleus paths (T=1, top_p=0.9).
+    """
+    import numpy as np
+
+    from kronos_tasks.inference.predictor import KronosPredictor
+
+    results = []
+    for name, load, max_context, lookback in _pairs():
+        frames = _frames(series, lookback, pred_len)
+        dfs, xs, ys = (list(column) for column in zip(*frames))
+        closes = {}
+        for dtype in DTYPES:
+            tokenizer, model = load()
+            predictor = KronosPredictor(model, tokenizer, device=device, max_context=max_context, dtype=dtype)
+            greedy = predictor.predict_batch(dfs, xs, ys, pred_len, top_k=1, seed=7, verbose=False)
+            sampled = predictor.predict_batch(
+                dfs, xs, ys, pred_len, T=1.0, top_p=0.9, sample_count=samples, seed=7, verbose=False
+            )
+            closes[dtype] = {
+                "greedy": np.stack([f["close"].to_numpy() for f in greedy]),
+                "sampled mean": np.stack([f["close"].to_numpy() for f in sampled]),
+            }
+        for dtype in DTYPES[1:]:
+            for kind, reference in closes["float32"].items():
+                relative = np.abs(closes[dtype][kind] - reference) / np.abs(reference)
+                results.append(
+                    {
+                        "pair": name,
+                        "dtype": dtype,
+                        "forecast": kind,
+                        "max_rel": float(relative.max()),
+                        "median_rel": float(np.median(relative)),
+                        "finite": bool(np.isfinite(closes[dtype][kind]).all()),
+                    }
+                )
+    return results
+
+
+def daily_batches(device: str, symbols: int = 256, pred_len: int = 24, samples: int = 16) -> list[dict]:
+    """The daily DAG's model work for ``symbols`` series (its defaults: 24 bars, 16 samples, quantiles
+    0.1/0.5/0.9) through ``KronosPredictor.predict_batch``, per pair, dtype and decode batch size."""
+    from kronos_tasks.inference.predictor import KronosPredictor
+
+    results = []
+    for name, load, max_context, lookback in _pairs():
+        frames = _frames(symbols, lookback, pred_len)
+        dfs, xs, ys = (list(column) for column in zip(*frames))
+        for dtype in ("float32", "bfloat16"):
+            for batch_size in (32, symbols):
+                tokenizer, model = load()
+                predictor = KronosPredictor(
+                    model, tokenizer, device=device, max_context=max_context, batch_size=batch_size, dtype=dtype
+                )
+                predictor.predict_batch(dfs[:batch_size], xs[:batch_size], ys[:batch_size], pred_len, verbose=False)
+                start = _clock(device)
+                predictor.predict_batch(
+                    dfs, xs, ys, pred_len, sample_count=samples, quantiles=[0.1, 0.5, 0.9], seed=3, verbose=False
+                )
+                seconds = _clock(device) - start
+                results.append(
+                    {
+                        "pair": name,
+                        "lookback": lookback,
+                        "dtype": dtype,
+                        "batch_size": batch_size,
+                        "symbols": symbols,
+                        "seconds": seconds,
+                        "ms_per_symbol": seconds / symbols * 1e3,
+                    }
+                )
+    return results
+
+
+def parity_table(rows: list[dict]) -> str:
+    lines = [
+        "| pair | dtype | forecast | max relative difference | median | all finite |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pair']} | {r['dtype']} | {r['forecast']} | {r['max_rel']:.2e} | {r['median_rel']:.2e} | {r['finite']} |"
+        )
+    return "\n".join(lines)
+
+
+def daily_table(rows: list[dict]) -> str:
+    lines = [
+        "| pair | lookback | dtype | decode batch | symbols | seconds | ms per symbol |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pair']} | {r['lookback']} | {r['dtype']} | {r['batch_size']} | {r['symbols']} | "
+            f"{r['seconds']:.2f} | {r['ms_per_symbol']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Kronos-small, lookback 384, 8 samples only")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and cache of the decode table")
+    parser.add_argument("--parity", action="store_true", help="half precision against float32, and 256 symbols")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--leak", action="store_true", help=argparse.SUPPRESS)
@@ -316,10 +488,30 @@ def main() -> None:
         print(json.dumps(leak_check(args.device)))
         return
 
+    if args.parity:
+        rows, batches = parity(args.device), daily_batches(args.device)
+        print(parity_table(rows) + "\n\n" + daily_table(batches))
+        if args.json:
+            args.json.write_text(
+                json.dumps({"machine": machine(args.device), "parity": rows, "daily": batches}, indent=2)
+            )
+        return
+
     info = machine(args.device)
     results = []
-    for config in configurations(args.quick, args.device):
+    gpu = args.device.startswith("cuda")
+    if gpu:
+        warm_up(args.device, args.dtype)
+    for config in configurations(args.quick, args.device, args.dtype):
         print(f"running {config} ...", file=sys.stderr, flush=True)
+        if gpu:  # CUDA's peak-memory counter is reset per configuration, so they share a process
+            try:
+                results.append(run_one(config))
+            except RuntimeError as error:  # out of memory, say: the other configurations still run
+                print(f"failed: {error}", file=sys.stderr, flush=True)
+            if args.json:  # what is done so far survives a time limit
+                args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2))
+            continue
         proc = subprocess.run(
             [sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True, check=True
         )
