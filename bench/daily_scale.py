@@ -147,7 +147,7 @@ def model_only(env: dict, run_id: str) -> dict:
     params = ForecastParams.from_dict(run.extra["params"])
     threads = runtime.own_threads()
     pair = runtime.registry().resolve(f"{run.model_name}/{run.model_version}")
-    predictor = pinned_predictor(pair, "cpu", params.batch_size)
+    predictor = pinned_predictor(pair, "cpu", params.batch_size, params.dtype)
     from kronos_tasks.data.watchlist import WatchItem
     from kronos_tasks.storage import window_arrays
 

@@ -114,6 +114,10 @@ def test_bad_sampling_options_are_one_clear_line(home, tmp_path):
     )
     result = cli(home, *base, "--top-p", "1.5", ok=False)
     assert result.returncode == 1 and "top_p" in result.stderr.strip().splitlines()[-1]
+    result = cli(home, *base, "--dtype", "half", ok=False)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: dtype must be one of ('float32', 'bfloat16', 'float16'), got 'half'."
+    )
     assert not (tmp_path / "f.csv").exists()
 
 

@@ -137,6 +137,7 @@ def test_dag_file_builds_its_params_from_forecast_params(tmp_path):
         ({"seed": -1}, "seed must be an integer"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"model": " "}, "model must name an alias"),
+        ({"dtype": "float64"}, "dtype must be one of"),
         ({"horizon": 3}, "unknown parameter"),
     ],
 )

@@ -471,14 +471,13 @@ def test_sample_paths_come_back_in_float32_from_single_and_half_precision_models
 
 
 def test_dtype_casts_the_pair_and_a_bfloat16_forecast_stays_near_the_float32_one(a_share):
-    from kronos_tasks.model import load_pretrained
+    from kronos_tasks.forecasting.engine import load_predictor
 
     demo = Path(__file__).resolve().parents[1] / "kronos_tasks" / "sample_data" / "demo_pair"
     windows = [window(a_share, start, 120, 24) for start in (0, 300, 700, 1100)]
     closes = {}
     for dtype in ("float32", "bfloat16"):
-        tokenizer, model = load_pretrained(KronosTokenizer, demo / "tokenizer"), load_pretrained(Kronos, demo / "model")
-        predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=144, dtype=dtype)
+        predictor = load_predictor(demo / "tokenizer", demo / "model", 144, "cpu", 32, dtype)
         assert predictor.model.dtype == predictor.tokenizer.dtype == getattr(torch, dtype)
         forecasts = predictor.predict_batch(
             *[list(column) for column in zip(*windows)], 24, sample_count=16, seed=5, verbose=False

@@ -430,7 +430,7 @@ def _backtest(args, model: str | None = None):
         max_context, label = pair.max_context, pair.label
     params = params.resolve(max_context, model, settings.batch_size, seed_key="backtest")
     if pair is not None:
-        predictor = pinned_predictor(pair, settings.device, params.batch_size)
+        predictor = pinned_predictor(pair, settings.device, params.batch_size, params.dtype)
     end = pd.Timestamp(args.end) if getattr(args, "end", None) else None
     if end is not None and end.tzinfo is None:
         end = end.tz_localize("UTC")

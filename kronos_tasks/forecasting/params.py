@@ -12,7 +12,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kronos_tasks.errors import ParamsError
-from kronos_tasks.inference.params import MAX_SEED, InputError, SamplingParams, check_int, check_quantiles, derive_seed
+from kronos_tasks.inference.params import (
+    DTYPE_NAMES,
+    MAX_SEED,
+    InputError,
+    SamplingParams,
+    check_dtype,
+    check_int,
+    check_quantiles,
+    derive_seed,
+)
 
 
 def _param(default: Any, help: str, schema: dict[str, Any]) -> Any:
@@ -62,6 +71,12 @@ class ForecastParams:
         {"type": ["null", "integer"], "minimum": 1},
     )
     min_history: int = _param(32, "fewest history bars a symbol needs", {"type": "integer", "minimum": 1})
+    dtype: str = _param(
+        "float32",
+        "precision of the model on the device; bfloat16 or float16 halve its memory and speed up large GPU "
+        "batches, and move forecasts by their rounding (bench/RESULTS.md)",
+        {"type": "string", "enum": list(DTYPE_NAMES)},
+    )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], max_context: int | None = None) -> ForecastParams:
@@ -115,6 +130,7 @@ class ForecastParams:
             check_quantiles(self.quantiles)
             if self.seed is not None:
                 check_int("seed", self.seed, 0, MAX_SEED)
+            check_dtype(self.dtype)
         except InputError as exc:
             raise ParamsError(str(exc)) from None
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):

@@ -21,10 +21,19 @@ from kronos_tasks.errors import KronosFlowError
 STREAM_VERSION = 1
 
 MAX_SEED = 2**63 - 1
+# Precisions a predictor can run in (weights, cache and activations; sampling is always float32).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 class InputError(KronosFlowError, ValueError):
     """Input that cannot be forecast; the message names the series, column, row or argument and what to do."""
+
+
+def check_dtype(value) -> str:
+    """``value`` if it names one of ``DTYPE_NAMES``; InputError naming the choices otherwise."""
+    if value not in DTYPE_NAMES:
+        raise InputError(f"dtype must be one of {DTYPE_NAMES}, got {value!r}.")
+    return value
 
 
 def check_int(name: str, value, low: int, high: int | None = None) -> int:

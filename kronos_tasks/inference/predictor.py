@@ -20,7 +20,7 @@ from kronos_tasks.model import Kronos, KronosTokenizer, check_pair
 
 from .features import FEATURE_COLUMNS, as_timestamps, complete_features, denormalise, normalise, time_features
 from .generate import DECODING_METHODS, decode_tokens, generate_tokens, tokenize
-from .params import MAX_SEED, InputError, SamplingParams, check_int, check_quantiles, derive_seed
+from .params import MAX_SEED, InputError, SamplingParams, check_dtype, check_int, check_quantiles, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,6 @@ class _Series:
     y_timestamp: object
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise InputError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}.")
-    return DTYPES[name]
-
-
 class KronosPredictor:
     """Forecasts OHLCVA bars with a Kronos model and its tokenizer.
 
@@ -124,7 +115,7 @@ class KronosPredictor:
         self.method = method
         self.clip = clip
         self.device = torch.device(device or default_device())
-        cast = {} if dtype is None else {"dtype": _dtype(dtype)}
+        cast = {} if dtype is None else {"dtype": getattr(torch, check_dtype(dtype))}
         self.model = model.to(self.device, **cast).eval()
         self.tokenizer = tokenizer.to(self.device, **cast).eval()
 

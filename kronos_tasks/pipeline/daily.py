@@ -218,7 +218,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
             f"the registry no longer serves the pinned {wanted.model_name} version "
             f"{wanted.model_version} unchanged; re-run the whole DAG run to pin again."
         )
-    predictor = pinned_predictor(pair, settings.device, params.batch_size)
+    predictor = pinned_predictor(pair, settings.device, params.batch_size, params.dtype)
     loaded = time.perf_counter()
 
     reset_shard(engine, run.run_id, shard, ("stale", "window", "forecast"))

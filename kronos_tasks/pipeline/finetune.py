@@ -114,7 +114,7 @@ def _backtest(engine, items, tokenizer_dir: Path, model_dir: Path, max_context: 
         {"pred_len": config.pred_len, "lookback": config.lookback, "sample_count": 8, "seed": config.seed},
         max_context,
     ).resolve(max_context, str(model_dir), settings.batch_size, seed_key="finetune-backtest")
-    predictor = load_predictor(tokenizer_dir, model_dir, max_context, settings.device, params.batch_size)
+    predictor = load_predictor(tokenizer_dir, model_dir, max_context, settings.device, params.batch_size, params.dtype)
     chosen = select_origins(engine, items, params, max_context, origins, 1, params.seed)
     return run_backtest(chosen, params, predictor, str(model_dir.parent.name)).scores
 

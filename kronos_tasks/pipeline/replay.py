@@ -155,7 +155,7 @@ def replay_run(run_id: str, model: str | None = None, device: str | None = None)
         future = pd.DatetimeIndex(pd.to_datetime(targets["target_ts"], utc=True))
         ready.append(Window(item, times, values, future, w.sha256))
 
-    predictor = pinned_predictor(pair, target, params.batch_size)
+    predictor = pinned_predictor(pair, target, params.batch_size, params.dtype)
     predicted, errors = predict_windows(predictor, ready, params, run.seed)
     for window in ready:
         if window.symbol in errors:

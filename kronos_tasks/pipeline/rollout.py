@@ -44,7 +44,7 @@ def _items(watchlist: Any) -> list[WatchItem]:
 
 def _predictor(pair: PinnedPair, params: ForecastParams):
     settings = runtime.settings()
-    return pinned_predictor(pair, settings.device, params.batch_size or settings.batch_size)
+    return pinned_predictor(pair, settings.device, params.batch_size or settings.batch_size, params.dtype)
 
 
 def choose(rollback: bool, candidate: str | None) -> str:

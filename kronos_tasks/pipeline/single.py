@@ -94,7 +94,9 @@ def forecast_file(
         label, warning = f"{pair.model_name} v{pair.model_version}", pair.warning
         weights = pair.audit_fields()
     params = params.resolve(max_context, model, settings.batch_size, seed_key=bars_file.name)
-    predictor = load_predictor(tokenizer_path, model_path, max_context, device or settings.device, params.batch_size)
+    predictor = load_predictor(
+        tokenizer_path, model_path, max_context, device or settings.device, params.batch_size, params.dtype
+    )
 
     windows, dropped = [], []
     for item in series:
