@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from conftest import SAMPLE_DATA, create_postgres_database
+from conftest import FEATURES, SAMPLE_DATA, create_postgres_database
 from kronos_tasks.pipeline.ingest import ingest_paths
 from kronos_tasks.storage import (
     bar_count,
@@ -427,7 +427,13 @@ def test_run_items_are_sharded_read_by_key_and_record_failures(engine):
 
 def test_batched_window_reads_equal_one_read_per_symbol(engine):
     from kronos_tasks.data.watchlist import WatchItem
-    from kronos_tasks.storage import read_windows, window_starts
+    from kronos_tasks.storage import window_arrays, window_starts
+
+    def read_windows(engine, items, end, limit):  # the arrays as the frames read_bars returns
+        return {
+            item.symbol: pd.DataFrame({"ts": times, **dict(zip(FEATURES, values))})
+            for item, times, values in window_arrays(engine, items, end, limit)
+        }
 
     ingest_paths(engine, [SAMPLE_DATA / "a_share_5min.csv"], exchange="XSHG")
     ingest_paths(engine, [SAMPLE_DATA / "GOOG_1d.csv"], exchange="XNYS")

@@ -114,24 +114,15 @@ def item_counts(engine: Engine, run_id: str) -> tuple[int, int]:
     return int(total), int(failed)
 
 
-def read_windows(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int) -> dict[str, pd.DataFrame]:
-    """The last ``limit`` bars up to ``end`` of each entry, by symbol (ts UTC + features, oldest first): one
-    query per ``READ_CHUNK`` entries instead of one per symbol. Symbols without bars are left out."""
-    return {
-        item.symbol: pd.DataFrame({"ts": times, **{f: values[i] for i, f in enumerate(FEATURES)}})
-        for item, times, values in window_arrays(engine, items, end, limit)
-    }
-
-
 def window_starts(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int) -> dict[str, pd.Timestamp]:
     """The time (UTC) of the oldest of the last ``limit`` bars up to ``end`` of each entry, by symbol: where
-    ``read_windows`` would start, without a frame per symbol. Symbols without bars are left out."""
+    its window starts. Symbols without bars are left out."""
     return {item.symbol: times[0] for item, times, _ in window_arrays(engine, items, end, limit)}
 
 
 def window_arrays(engine: Engine, items: Sequence[WatchItem], end: datetime, limit: int):
-    """``read_windows``' bars as (entry, times [bars] UTC, values [features, bars] float64) for each entry with
-    bars, without a frame per entry."""
+    """The last ``limit`` bars up to ``end`` of each entry with bars, oldest first, as (entry, times [bars] UTC,
+    values [features, bars] float64): one query per ``READ_CHUNK`` entries instead of one per symbol."""
     for start in range(0, len(items), READ_CHUNK):
         chunk = items[start : start + READ_CHUNK]
         if engine.dialect.name == "postgresql":
@@ -150,7 +141,7 @@ def _no_bars():
 
 
 def _select_windows(engine: Engine, chunk: Sequence[WatchItem], end: datetime, limit: int):
-    """``read_windows``' bars of one chunk by a SELECT: (entry ordinals [rows], times [rows], values
+    """``window_arrays``' bars of one chunk by a SELECT: (entry ordinals [rows], times [rows], values
     [features, rows]), each entry's rows together and in time order."""
     with engine.connect() as connection:
         rows = connection.execute(_windows_query(chunk, end, limit)).all()
