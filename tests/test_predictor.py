@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -488,3 +489,35 @@ def test_dtype_casts_the_pair_and_a_bfloat16_forecast_stays_near_the_float32_one
     # bfloat16 keeps 8 significant bits: 0.18% at most and 0.03% in the median on these windows here.
     assert relative.max() < 0.02, relative.max()
     assert relative.max() > 0  # it did run in bfloat16
+
+
+def test_a_chunk_out_of_memory_is_split_and_the_forecasts_stay_the_same(tiny_pair32, a_share, monkeypatch, caplog):
+    from kronos_tasks.inference import predictor as predictor_module
+
+    tokenizer, model = tiny_pair32
+    args = [list(column) for column in zip(*[window(a_share, start, 40, 4) for start in range(0, 700, 100)])]
+    forecast = functools.partial(KronosPredictor.predict_batch, pred_len=4, sample_count=3, seed=2, verbose=False)
+    whole = forecast(KronosPredictor(model, tokenizer, device="cpu", batch_size=8), *args, return_samples=True)
+
+    real, sizes = predictor_module.generate_tokens, []
+
+    def device_fits(most):
+        def generate(model, batch, *rest):
+            sizes.append(len(batch.kept))
+            if len(batch.kept) > most:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (raised by the test)")
+            return real(model, batch, *rest)
+
+        return generate
+
+    monkeypatch.setattr(predictor_module, "generate_tokens", device_fits(3))
+    predictor = KronosPredictor(model, tokenizer, device="cpu", batch_size=8)
+    with caplog.at_level("WARNING", logger="kronos_tasks.inference.predictor"):
+        split = forecast(predictor, *args, return_samples=True)
+    assert sizes == [7, 3, 3, 1] and predictor.batch_size == 3  # later forecasts start at the size that fit
+    assert "out of memory decoding 7 series x 3 samples on cpu; retrying in chunks of 3 series" in caplog.text
+    for alone, together in zip(whole, split):
+        np.testing.assert_array_equal(alone.samples, together.samples)
+    monkeypatch.setattr(predictor_module, "generate_tokens", device_fits(0))  # not even one series fits
+    with pytest.raises(torch.OutOfMemoryError):
+        forecast(predictor, *args)

@@ -83,6 +83,10 @@ class _Series:
     y_timestamp: object
 
 
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 class KronosPredictor:
     """Forecasts OHLCVA bars with a Kronos model and its tokenizer.
 
@@ -257,41 +261,67 @@ class KronosPredictor:
     def _sample_paths(
         self, series: list[_Series], seeds: list[int], samples: int, params: SamplingParams, verbose: bool
     ) -> list[np.ndarray]:
-        """Normalised sample paths per series, [S, pred_len, 6], decoding chunks of similar lengths together."""
-        dtype, device = self.model.dtype, self.device
+        """Normalised sample paths per series, [S, pred_len, 6], decoding chunks of similar lengths together.
+
+        A chunk that runs out of memory is split in two and retried, and later chunks take the smaller size
+        (kept in ``batch_size``): a series' paths do not depend on the series decoded beside it, so the
+        result is the same.
+        """
         order = sorted(range(len(series)), key=lambda i: -len(series[i].values))
         out: list[np.ndarray | None] = [None] * len(series)
-        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for number, chunk in enumerate(chunks, start=1):
+        pending = _chunks(order, self.batch_size)
+        decoded = 0
+        while pending:
+            chunk = pending.pop(0)
             started = time.perf_counter()
-
-            batch = tokenize(
-                self.tokenizer,
-                *(
-                    [torch.from_numpy(getattr(series[i], name)).to(device, dtype) for i in chunk]
-                    for name in ("values", "stamps", "future_stamps")
-                ),
-                self.max_context,
-            )
-            chunk_seeds = torch.tensor([seeds[i] for i in chunk], dtype=torch.int64, device=device)
-            s1, s2 = generate_tokens(self.model, batch, samples, params, chunk_seeds, self.method)
-            bars = decode_tokens(self.tokenizer, batch, s1, s2, samples, self.method)
-            keep = torch.float64 if bars.dtype == torch.float64 else torch.float32
-            bars = bars.to(keep).cpu().numpy().reshape(len(chunk), samples, batch.pred_len, -1)
+            try:
+                bars = self._decode_chunk([series[i] for i in chunk], [seeds[i] for i in chunk], samples, params)
+            except torch.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                self.batch_size = len(chunk) // 2
+                log.warning(
+                    "out of memory decoding %d series x %d samples on %s; retrying in chunks of %d series",
+                    len(chunk), samples, self.device, self.batch_size,
+                )  # fmt: skip
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                pending = _chunks(chunk + [i for rest in pending for i in rest], self.batch_size)
+                continue
             for position, i in enumerate(chunk):
                 out[i] = bars[position]
+            decoded += 1
             if verbose:
                 seconds = time.perf_counter() - started
-                bars_made = len(chunk) * samples * batch.pred_len
+                pred_len = bars.shape[2]
                 log.info(
                     "chunk %d/%d: %d series x %d samples x %d bars in %.2f s (%.0f bars/s, %s)",
-                    number,
-                    len(chunks),
+                    decoded,
+                    decoded + len(pending),
                     len(chunk),
                     samples,
-                    batch.pred_len,
+                    pred_len,
                     seconds,
-                    bars_made / max(seconds, 1e-9),
+                    len(chunk) * samples * pred_len / max(seconds, 1e-9),
                     self.method,
                 )
         return out
+
+    def _decode_chunk(
+        self, series: list[_Series], seeds: list[int], samples: int, params: SamplingParams
+    ) -> np.ndarray:
+        """Sample paths of the series decoded together: [series, S, pred_len, 6] (float32, float64 kept)."""
+        dtype, device = self.model.dtype, self.device
+        batch = tokenize(
+            self.tokenizer,
+            *(
+                [torch.from_numpy(getattr(s, name)).to(device, dtype) for s in series]
+                for name in ("values", "stamps", "future_stamps")
+            ),
+            self.max_context,
+        )
+        chunk_seeds = torch.tensor(seeds, dtype=torch.int64, device=device)
+        s1, s2 = generate_tokens(self.model, batch, samples, params, chunk_seeds, self.method)
+        bars = decode_tokens(self.tokenizer, batch, s1, s2, samples, self.method)
+        keep = torch.float64 if bars.dtype == torch.float64 else torch.float32
+        return bars.to(keep).cpu().numpy().reshape(len(series), samples, batch.pred_len, -1)
