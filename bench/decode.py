@@ -446,29 +446,35 @@ def daily_batches(device: str, symbols: int = 256, pred_len: int = 24, samples: 
     return results
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def parity_table(rows: list[dict]) -> str:
-    lines = [
-        "| pair | dtype | forecast | max relative difference | median | all finite |",
-        "| --- | --- | --- | --- | --- | --- |",
+    header = ["pair", "dtype", "forecast", "max relative difference", "median", "all finite"]
+    cells = [
+        [r["pair"], r["dtype"], r["forecast"], f"{r['max_rel']:.2e}", f"{r['median_rel']:.2e}", r["finite"]]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['pair']} | {r['dtype']} | {r['forecast']} | {r['max_rel']:.2e} | {r['median_rel']:.2e} | {r['finite']} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, cells)
 
 
 def daily_table(rows: list[dict]) -> str:
-    lines = [
-        "| pair | lookback | dtype | decode batch | symbols | seconds | ms per symbol |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+    header = ["pair", "lookback", "dtype", "decode batch", "symbols", "seconds", "ms per symbol"]
+    cells = [
+        [
+            r["pair"],
+            r["lookback"],
+            r["dtype"],
+            r["batch_size"],
+            r["symbols"],
+            f"{r['seconds']:.2f}",
+            f"{r['ms_per_symbol']:.1f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['pair']} | {r['lookback']} | {r['dtype']} | {r['batch_size']} | {r['symbols']} | "
-            f"{r['seconds']:.2f} | {r['ms_per_symbol']:.1f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, cells)
 
 
 def main() -> None:

@@ -50,8 +50,31 @@ def relative_difference(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_cached_logits_match_full_recompute_in_float32(case):
+def slot_logits(model, batch, samples, tokens):
+    """``teacher_forced_logits`` of the cached path whose steps after the first run as the static-shape step."""
+    s1, s2 = tokens
+    generated = gen._Generated(s1=s1, s2=s2, stamps=batch.future_stamps.repeat_interleave(samples, 0))
+    steps = gen._CachedSteps(model, batch, samples, generated)
+    out = []
+    with torch.inference_mode():
+        s1_logits, s2_input = steps.s1_logits(0)
+        out.append((s1_logits.clone(), steps.s2_logits(s2_input, s1[:, 0], 0).clone()))
+        for layer in steps.layers:
+            layer.clear_suffix()
+        for slot in range(batch.pred_len - 1):
+            at = torch.tensor([slot])
+            s1_logits, s2_input = steps.slot_s1_logits(at)
+            out.append((s1_logits.clone(), steps.slot_s2_logits(s2_input, s1[:, slot + 1], at).clone()))
+    return out
+
+
+NOT_SLIDING = [case for case, (lengths, pred_len, context) in CASES.items() if max(lengths) + pred_len - 1 <= context]
+
+
+@pytest.mark.parametrize(
+    "case, other", [(case, "full recompute") for case in CASES] + [(case, "static-shape steps") for case in NOT_SLIDING]
+)
+def test_cached_logits_match_full_recompute_and_the_static_shape_steps_in_float32(case, other):
     lengths, pred_len, max_context = CASES[case]
     tokenizer, model = random_tokenizer(TOKENIZER, seed=1), random_model(MODEL, seed=2)
     batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float32)
@@ -59,10 +82,13 @@ def test_cached_logits_match_full_recompute_in_float32(case):
     rows = len(lengths) * samples
     tokens = (torch.randint(0, 128, (rows, pred_len)), torch.randint(0, 128, (rows, pred_len)))
     cached = teacher_forced_logits(gen._CachedSteps, model, batch, samples, tokens)
-    full = teacher_forced_logits(gen._FullSteps, model, batch, samples, tokens)
-    for step, ((c1, c2), (f1, f2)) in enumerate(zip(cached, full)):
-        assert relative_difference(c1, f1) <= 1e-5, f"s1 logits differ at step {step}"
-        assert relative_difference(c2, f2) <= 1e-5, f"s2 logits differ at step {step}"
+    if other == "full recompute":
+        theirs, tolerance = teacher_forced_logits(gen._FullSteps, model, batch, samples, tokens), 1e-5
+    else:  # the same cached computation in other shapes: only float32 rounding apart
+        theirs, tolerance = slot_logits(model, batch, samples, tokens), 1e-6
+    for step, ((c1, c2), (t1, t2)) in enumerate(zip(cached, theirs)):
+        assert relative_difference(c1, t1) <= tolerance, f"s1 logits differ at step {step}"
+        assert relative_difference(c2, t2) <= tolerance, f"s2 logits differ at step {step}"
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -179,42 +205,6 @@ def test_shared_prefix_attention_equals_softmax_over_the_concatenated_window(
                 weights = torch.softmax(keys @ q[row, :, t, :, None] / head_dim**0.5, dim=1)  # [H, K, 1]
                 expected[row, :, t] = (weights * vals).sum(dim=1)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-
-
-def slot_logits(model, batch, samples, tokens):
-    """``teacher_forced_logits`` of the cached path whose steps after the first run as the static-shape step."""
-    s1, s2 = tokens
-    generated = gen._Generated(s1=s1, s2=s2, stamps=batch.future_stamps.repeat_interleave(samples, 0))
-    steps = gen._CachedSteps(model, batch, samples, generated)
-    out = []
-    with torch.inference_mode():
-        s1_logits, s2_input = steps.s1_logits(0)
-        out.append((s1_logits.clone(), steps.s2_logits(s2_input, s1[:, 0], 0).clone()))
-        for layer in steps.layers:
-            layer.clear_suffix()
-        for slot in range(batch.pred_len - 1):
-            at = torch.tensor([slot])
-            s1_logits, s2_input = steps.slot_s1_logits(at)
-            out.append((s1_logits.clone(), steps.slot_s2_logits(s2_input, s1[:, slot + 1], at).clone()))
-    return out
-
-
-NOT_SLIDING = [case for case, (lengths, pred_len, context) in CASES.items() if max(lengths) + pred_len - 1 <= context]
-
-
-@pytest.mark.parametrize("case", NOT_SLIDING)
-def test_static_shape_steps_give_the_logits_of_the_plain_cached_steps(case):
-    lengths, pred_len, max_context = CASES[case]
-    tokenizer, model = random_tokenizer(TOKENIZER, seed=1), random_model(MODEL, seed=2)
-    batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float32)
-    samples = 3
-    rows = len(lengths) * samples
-    tokens = (torch.randint(0, 128, (rows, pred_len)), torch.randint(0, 128, (rows, pred_len)))
-    plain = teacher_forced_logits(gen._CachedSteps, model, batch, samples, tokens)
-    static = slot_logits(model, batch, samples, tokens)
-    for step, ((p1, p2), (s1, s2)) in enumerate(zip(plain, static)):
-        assert relative_difference(s1, p1) <= 1e-6, f"s1 logits differ at step {step}"
-        assert relative_difference(s2, p2) <= 1e-6, f"s2 logits differ at step {step}"
 
 
 @pytest.mark.parametrize("case", list(CASES))
