@@ -211,6 +211,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     runtime.relax_gc()
     settings, engine = runtime.settings(), runtime.engine()
     threads = runtime.own_threads()
+    runtime.reuse_freed_memory()
     params, wanted = run.params, run.pinned
     pair = runtime.registry().resolve(f"{wanted.model_name}/{wanted.model_version}")
     if not pair.same_weights(wanted):

@@ -44,6 +44,7 @@ def _items(watchlist: Any) -> list[WatchItem]:
 
 def _predictor(pair: PinnedPair, params: ForecastParams):
     settings = runtime.settings()
+    runtime.reuse_freed_memory()  # backtests decode as much as a daily run
     return pinned_predictor(pair, settings.device, params.batch_size or settings.batch_size, params.dtype)
 
 
