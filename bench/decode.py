@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kronos_tasks.inference.params import DTYPE_NAMES  # noqa: E402
+
 SHAPES = {"Kronos-small": "Kronos-Tokenizer-base", "Kronos-base": "Kronos-Tokenizer-base"}
-DTYPES = ("float32", "bfloat16", "float16")
 DEMO_PAIR = ROOT / "kronos_tasks" / "sample_data" / "demo_pair"
 WINDOWS = [(384, 128), (400, 120)]  # (lookback, pred_len); the second slides past max_context 512
 MAX_CONTEXT = 512
@@ -133,23 +134,32 @@ class PeakMemory:
             self.thread.join()
 
 
-def _inputs(symbols: int, lookback: int, pred_len: int, dtype, device):
+def _frames(count: int, lookback: int, pred_len: int) -> list[tuple]:
+    """``count`` (history, x_timestamp, y_timestamp) windows cut from the bundled 5-minute bars."""
     import pandas as pd
+
+    df = pd.read_csv(ROOT / "kronos_tasks" / "sample_data" / "a_share_5min.csv", parse_dates=["timestamps"])
+    out = []
+    for n in range(count):
+        start = (n * 37) % (len(df) - lookback - pred_len)
+        window = df.iloc[start : start + lookback + pred_len].reset_index(drop=True)
+        history = window.iloc[:lookback]
+        out.append((history.drop(columns="timestamps"), history["timestamps"], window["timestamps"].iloc[lookback:]))
+    return out
+
+
+def _inputs(symbols: int, lookback: int, pred_len: int, dtype, device):
+    """``_frames``' windows as the decoder takes them: normalised bars, history and future time features."""
     import torch
 
     from kronos_tasks.inference.features import normalise, time_features
 
-    df = pd.read_csv(ROOT / "kronos_tasks" / "sample_data" / "a_share_5min.csv", parse_dates=["timestamps"])
     bars, stamps, future = [], [], []
-    for n in range(symbols):
-        start = (n * 37) % (len(df) - lookback - pred_len)
-        window = df.iloc[start : start + lookback + pred_len]
-        values, _, _ = normalise(
-            window.iloc[:lookback][["open", "high", "low", "close", "volume", "amount"]].to_numpy(), 5.0
-        )
+    for history, x_timestamp, y_timestamp in _frames(symbols, lookback, pred_len):
+        values, _, _ = normalise(history.to_numpy(), 5.0)
         bars.append(torch.tensor(values, dtype=dtype, device=device))
-        stamps.append(torch.tensor(time_features(window["timestamps"].iloc[:lookback]), dtype=dtype, device=device))
-        future.append(torch.tensor(time_features(window["timestamps"].iloc[lookback:]), dtype=dtype, device=device))
+        stamps.append(torch.tensor(time_features(x_timestamp), dtype=dtype, device=device))
+        future.append(torch.tensor(time_features(y_timestamp), dtype=dtype, device=device))
     return bars, stamps, future
 
 
@@ -331,20 +341,6 @@ def table(info: dict, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _frames(count: int, lookback: int, pred_len: int) -> list[tuple]:
-    """``count`` (history, x_timestamp, y_timestamp) windows cut from the bundled 5-minute bars."""
-    import pandas as pd
-
-    df = pd.read_csv(ROOT / "kronos_tasks" / "sample_data" / "a_share_5min.csv", parse_dates=["timestamps"])
-    out = []
-    for n in range(count):
-        start = (n * 37) % (len(df) - lookback - pred_len)
-        window = df.iloc[start : start + lookback + pred_len].reset_index(drop=True)
-        history = window.iloc[:lookback]
-        out.append((history.drop(columns="timestamps"), history["timestamps"], window["timestamps"].iloc[lookback:]))
-    return out
-
-
 def _pairs():
     """(name, loader, max_context, lookback): the demo pair's trained weights and Kronos-small's shape."""
     from kronos_tasks.model import Kronos, KronosTokenizer, load_pretrained
@@ -384,7 +380,7 @@ def parity(device: str, series: int = 32, pred_len: int = 24, samples: int = 16)
         frames = _frames(series, lookback, pred_len)
         dfs, xs, ys = (list(column) for column in zip(*frames))
         closes = {}
-        for dtype in DTYPES:
+        for dtype in DTYPE_NAMES:
             tokenizer, model = load()
             predictor = KronosPredictor(model, tokenizer, device=device, max_context=max_context, dtype=dtype)
             greedy = predictor.predict_batch(dfs, xs, ys, pred_len, top_k=1, seed=7, verbose=False)
@@ -395,7 +391,7 @@ def parity(device: str, series: int = 32, pred_len: int = 24, samples: int = 16)
                 "greedy": np.stack([f["close"].to_numpy() for f in greedy]),
                 "sampled mean": np.stack([f["close"].to_numpy() for f in sampled]),
             }
-        for dtype in DTYPES[1:]:
+        for dtype in DTYPE_NAMES[1:]:
             for kind, reference in closes["float32"].items():
                 relative = np.abs(closes[dtype][kind] - reference) / np.abs(reference)
                 results.append(
@@ -481,7 +477,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Kronos-small, lookback 384, 8 samples only")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and cache of the decode table")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="weights and cache of the decode table")
     parser.add_argument("--parity", action="store_true", help="half precision against float32, and 256 symbols")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument("--one", help=argparse.SUPPRESS)

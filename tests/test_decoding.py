@@ -217,15 +217,12 @@ def test_static_shape_steps_draw_the_tokens_of_the_plain_cached_steps(case, para
     batch = make_batch(tokenizer, lengths, pred_len, max_context, torch.float64)
     seeds = torch.tensor([5, 6, 7][: len(lengths)])
     plain = gen.generate_tokens(model, batch, 4, params, seeds, slots=False)
-    ran = []
-    monkeypatch.setattr(gen, "_slot_steps", lambda *args, **kwargs: ran.append(gen_slot_steps(*args, **kwargs)))
+    ran, real = [], gen._slot_steps
+    monkeypatch.setattr(gen, "_slot_steps", lambda *args, **kwargs: ran.append(real(*args, **kwargs)))
     static = gen.generate_tokens(model, batch, 4, params, seeds, slots=True)
     assert torch.equal(plain[0], static[0]) and torch.equal(plain[1], static[1])
     # The static step ran (eagerly: no CUDA here) exactly where no window slides; sliding ones took plain steps.
     assert len(ran) == (1 if case in NOT_SLIDING else 0)
-
-
-gen_slot_steps = gen._slot_steps
 
 
 def test_the_static_shape_step_is_taken_only_where_it_applies():
