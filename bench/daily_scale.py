@@ -9,9 +9,12 @@ runs of `kronos_daily_forecast` (the DAG's defaults: lookback 488, pred_len 24, 
 0.1/0.5/0.9): day 1 loads every file, day 2 runs after one bar was appended to each (the steady state of a
 daily schedule). Per run: wall time of the DAG run, each task's time (from dag.test's log), the model's
 time inside the forecast tasks (the run's forecast_seconds), peak RSS of the run's process, and XCom: the
-values stored and what the tasks read (each task's inputs, from the stored values). Then the model-only
-time of the same windows: every symbol's window read and decoded through `predict_windows` in this
-process with the same parameters, seed and threads.
+values stored and what the tasks read (each task's inputs, from the stored values). The model-only time:
+every symbol's window read and decoded through `predict_windows` in this process with the run's
+parameters, seed and threads, timed twice around day 2 (day 1's windows just before it, day 2's just
+after: the same number of windows of the same shapes) so that a host whose speed drifts during the run
+moves both; the share is their mean over day 2's wall time. The model's own time inside day 2 (its
+forecast tasks' `forecast_seconds`) over the same wall time is recorded beside it.
 
 With ``--celery`` the two days run through the loopback CeleryExecutor deployment of
 tests/celery_stack.py instead (scheduler, DAG processor, API server, Redis broker, MLflow server, all on
@@ -165,11 +168,16 @@ def model_only(env: dict, run_id: str) -> dict:
     return {"symbols": len(predicted), "failed": len(failed), "seconds": round(seconds, 2), "threads": threads}
 
 
+def run_id_of(day: str) -> str:
+    """The forecast run id of ``day``'s DAG run (its logical time is the day's 17:30 in New York)."""
+    return f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').astimezone(timezone.utc).isoformat()}"
+
+
 def stored_run(db_url: str, day: str) -> tuple[str, dict]:
     """The forecast run of ``day``'s DAG run -> (its run id, what the benchmark records of it)."""
     from kronos_tasks.storage import get_run, make_engine
 
-    run_id = f"{DAG}@{datetime.fromisoformat(day + 'T21:30:00+00:00').astimezone(timezone.utc).isoformat()}"
+    run_id = run_id_of(day)
     stored = get_run(make_engine(db_url), run_id)
     if stored is None:  # the run failed before persisting: recorded as such, the same keys
         keys = ("model_seconds_in_run", "read_seconds_in_run", "threads", "shards")
@@ -184,17 +192,26 @@ def stored_run(db_url: str, day: str) -> tuple[str, dict]:
     }
 
 
-def summary(symbols: int, preset: str, days: list[dict], alone: dict, work: Path, **about) -> dict:
-    """One measurement: its days, the model-only time and the model's share of the steady-state day."""
+def summary(symbols: int, preset: str, days: list[dict], before: dict, after: dict, work: Path, **about) -> dict:
+    """One measurement: its days, the model-only times just before and just after the steady-state day
+    (``before``: day 1's windows, ``after``: its own) and the model's share of that day."""
     steady = days[-1]
+    seconds = round((before["seconds"] + after["seconds"]) / 2, 2)
+    in_run = steady["model_seconds_in_run"]
     return {
         "symbols": symbols,
         "preset": preset,
         **about,
         "bars_per_symbol": BARS,
         "days": days,
-        "model_only": alone,
-        "model_share_of_run": round(alone["seconds"] / steady["wall_seconds"], 3),
+        "model_only": {
+            **after,
+            "seconds": seconds,
+            "before_seconds": before["seconds"],
+            "after_seconds": after["seconds"],
+        },
+        "model_share_of_run": round(seconds / steady["wall_seconds"], 3),
+        "model_share_in_run": round(in_run / steady["wall_seconds"], 3) if in_run else None,
         "per_symbol_seconds": round(steady["wall_seconds"] / symbols, 4),
         "work": str(work),
     }
@@ -235,18 +252,19 @@ def measure(symbols: int, preset: str, shards: int | None, threads: str | None =
     env.update(environ)
     migrate_metadata(env)
     ensure_pool(env, settings.gpu_pool, settings.gpu_pool_slots)
-    days = []
+    days, before = [], None
     for day in (DAY_1, DAY_2):
         if day == DAY_2:
             synthetic.append_day(data, symbols, BARS, DAY_1)
+            before = model_only(env, run_id_of(DAY_1))
         result = run_day(env, day, work / f"{day}.log")
         run_id, recorded = stored_run(db_url, day)
         result.update(recorded, xcom=xcom_traffic(stored_xcom(work / "airflow" / "airflow.db")))
         days.append(result)
         with sqlite3.connect(work / "airflow" / "airflow.db") as db:
             db.execute("DELETE FROM xcom")  # the next day's traffic on its own
-    alone = model_only(env, run_id)
-    return summary(symbols, preset, days, alone, work, threads_setting=threads or "auto")
+    after = model_only(env, run_id)
+    return summary(symbols, preset, days, before, after, work, threads_setting=threads or "auto")
 
 
 class PeakRss:
@@ -334,10 +352,11 @@ def measure_celery(symbols: int, preset: str) -> dict:
         wait_for("the DAG to be parsed", lambda: stack.api.ok("GET", f"/api/v2/dags/{DAG}"), 240, stack, 2)
         stack.api.call("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
         airflow_url = stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-        days = []
+        days, before = [], None
         for day in (DAY_1, DAY_2):
             if day == DAY_2:
                 synthetic.append_day(data, symbols, BARS, DAY_1)
+                before = model_only(stack.env, run_id_of(DAY_1))
             peak = PeakRss([stack.processes[name].pid for name in workers])
             result = celery_day(stack, day, airflow_url)
             result["peak_rss_mb"] = peak.stop()
@@ -345,8 +364,8 @@ def measure_celery(symbols: int, preset: str) -> dict:
             result.update(recorded)
             days.append(result)
             print(f"celery N={symbols} {day}: {result}", flush=True)
-        alone = model_only(stack.env, run_id)
-    return summary(symbols, preset, days, alone, work, executor="CeleryExecutor, 2 workers x 1 core")
+        after = model_only(stack.env, run_id)
+    return summary(symbols, preset, days, before, after, work, executor="CeleryExecutor, 2 workers x 1 core")
 
 
 def main() -> int:
@@ -371,7 +390,9 @@ def main() -> int:
         print(
             f"N={n} {args.preset}: day 1 {found['days'][0]['wall_seconds']} s, day 2 {steady['wall_seconds']} s "
             f"({found['per_symbol_seconds'] * 1000:.1f} ms/symbol), model-only {found['model_only']['seconds']} s "
-            f"({found['model_share_of_run']:.0%} of day 2), model in run {steady['model_seconds_in_run']} s, "
+            f"(before {found['model_only']['before_seconds']} s, after {found['model_only']['after_seconds']} s; "
+            f"{found['model_share_of_run']:.0%} of day 2), model in run {steady['model_seconds_in_run']} s "
+            f"({found['model_share_in_run'] or 0:.0%}), "
             f"peak RSS {steady['peak_rss_mb']} MB, XCom {steady['xcom']['written_bytes']} B written / "
             f"{steady['xcom']['read_bytes']} B read in {steady['xcom']['rows']} rows, tasks {steady['tasks']}",
             flush=True,
