@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -454,6 +455,46 @@ def test_a_shard_is_forecast_in_chunks_and_a_retry_replaces_what_it_staged(krono
     monkeypatch.setattr(daily, "FORECAST_CHUNK", 500)
     daily.forecast(run, 0)  # the whole shard at once stages the same rows
     assert staged() == chunked
+
+
+def test_a_forecast_task_takes_its_pinned_pair_from_the_cache_without_the_registry_and_refetches_a_damaged_copy(
+    kronos_env, tiny_checkpoints, monkeypatch
+):
+    import torch
+
+    from kronos_tasks.pipeline import runtime
+    from kronos_tasks.pipeline.ingest import ingest_file
+    from kronos_tasks.registry import Registry
+    from kronos_tasks.registry.cache import cached_pair
+    from kronos_tasks.storage import make_engine, upgrade
+
+    engine = make_engine(kronos_env.db_url)
+    upgrade(engine)
+    registered = Registry(kronos_env).register(*tiny_checkpoints[0], alias="champion", trained=False)
+    for symbol in ("A", "B"):
+        ingest_file(engine, SAMPLE_DATA / "GOOG_1d.csv", symbol=symbol, interval="1d", exchange="XNYS")
+    entries = [{"symbol": s, "exchange": "XNYS", "interval": "1d"} for s in ("A", "B")]
+    params = {"pred_len": 3, "sample_count": 2, "lookback": 64}
+    run = daily.plan(params, "2013-03-01T21:30:00+00:00", "dag", watchlist=entries, forecast_shards=1)
+    assert run.pinned.model_path == "" and run.pinned.model_config_sha256 is not None  # the plan fetches nothing
+    cached = cached_pair(kronos_env.model_cache, run.pinned)
+    assert (cached.model_path, cached.tokenizer_path) == (registered.model_path, registered.tokenizer_path)
+
+    monkeypatch.setattr(runtime, "own_threads", torch.get_num_threads)  # see the test above
+    resolved = []
+    real_registry = runtime.registry
+
+    def registry():
+        resolved.append(True)
+        return real_registry()
+
+    monkeypatch.setattr(runtime, "registry", registry)
+    assert daily.forecast(run, 0).ok == 2 and resolved == []  # the registry was not asked
+    config = Path(registered.model_path) / "config.json"
+    config.write_text(config.read_text().replace("{", '{"changed": 1, ', 1))  # the cached config differs
+    assert cached_pair(kronos_env.model_cache, run.pinned) is None
+    assert daily.forecast(run, 0).ok == 2 and resolved == [True]  # fetched again, verified, and cached
+    assert cached_pair(kronos_env.model_cache, run.pinned) == cached
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 1e5, -1e9])

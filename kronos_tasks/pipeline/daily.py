@@ -25,6 +25,7 @@ from kronos_tasks.data.watchlist import load_watchlist, parse_watchlist
 from kronos_tasks.errors import KronosFlowError, ParamsError
 from kronos_tasks.forecasting.params import ForecastParams
 from kronos_tasks.inference.params import STREAM_VERSION, InputError, check_int
+from kronos_tasks.registry.cache import cached_pair
 from kronos_tasks.registry.listing import pin
 from kronos_tasks.storage import (
     calibration_content,
@@ -196,8 +197,9 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     """Forecast one shard's entries that ingested and stage their rows and windows; a symbol that fails is
     recorded in the run's entries, not raised.
 
-    The pinned versions are fetched (or taken from the cache) on this worker and checked against the
-    checksums pinned by the plan. Entries are read (one query per chunk), decoded and staged in chunks of
+    The pinned versions are taken from this worker's model cache when they are there with the checksums
+    the plan pinned (no registry call, no MLflow import), else fetched from the registry and checked
+    against those checksums. Entries are read (one query per chunk), decoded and staged in chunks of
     ``FORECAST_CHUNK``; future bar times and freshness are computed once per calendar, interval and recent
     bar times.
     """
@@ -213,7 +215,9 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     threads = runtime.own_threads()
     runtime.reuse_freed_memory()
     params, wanted = run.params, run.pinned
-    pair = runtime.registry().resolve(f"{wanted.model_name}/{wanted.model_version}")
+    pair = cached_pair(settings.model_cache, wanted) or runtime.registry().resolve(
+        f"{wanted.model_name}/{wanted.model_version}"
+    )
     if not pair.same_weights(wanted):
         raise RuntimeError(
             f"the registry no longer serves the pinned {wanted.model_name} version "

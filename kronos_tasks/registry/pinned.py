@@ -62,11 +62,13 @@ def pair_of(
         model_name=model["name"],
         model_version=str(model["version"]),
         model_sha256=tags["sha256"],
+        model_config_sha256=tags.get("config_sha256"),
         model_run_id=model["run_id"],
         model_path=model_path,
         tokenizer_name=tokenizer["name"],
         tokenizer_version=str(tokenizer["version"]),
         tokenizer_sha256=tokenizer_tags["sha256"],
+        tokenizer_config_sha256=tokenizer_tags.get("config_sha256"),
         tokenizer_run_id=tokenizer["run_id"],
         tokenizer_path=tokenizer_path,
         max_context=int(tags.get("max_context", DEFAULT_MAX_CONTEXT)),
@@ -98,6 +100,8 @@ class PinnedPair:
     model_logged_id: str | None = None  # MLflow 3 logged models behind the versions (None: registered before)
     tokenizer_logged_id: str | None = None
     note: str | None = None  # a warning registered with the version, e.g. "demonstration model"
+    model_config_sha256: str | None = None  # of config.json (None: pinned by an earlier release)
+    tokenizer_config_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,6 +31,7 @@ import kronos_tasks
 from kronos_tasks.hashing import sha256_file
 from kronos_tasks.settings import Settings
 
+from .cache import CONFIG_FILE, WEIGHTS_FILE, cache_folder, intact
 from .listing import Move
 from .mlflow_setup import client, ensure_experiment
 from .pinned import (
@@ -44,8 +45,6 @@ from .pinned import (
     parse_ref,
 )
 from .runs import finish_run, record_run, start_run
-
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"  # the Hugging Face layout (model.checkpoint)
 
 REGISTRY_EXPERIMENT = "kronos-registry"
 LEGACY_HISTORY_TAG = TAG_PREFIX + "alias_history."  # raw JSON kept by earlier releases; removed on the next move
@@ -318,7 +317,7 @@ class Registry:
     def _download(self, version: ModelVersion) -> Path:
         """A verified local copy of a version's folder, from the cache or freshly downloaded."""
         tags = _tags(version)
-        folder = self.settings.model_cache / version.name / f"v{version.version}-{tags['sha256'][:16]}"
+        folder = cache_folder(self.settings.model_cache, version.name, str(version.version), tags["sha256"])
         if folder.is_dir() and self._verified(folder, tags):
             return folder
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -357,13 +356,7 @@ class Registry:
 
     @staticmethod
     def _verified(folder: Path, tags: dict[str, str]) -> bool:
-        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-        return (
-            weights.is_file()
-            and config.is_file()
-            and sha256_file(weights) == tags.get("sha256")
-            and sha256_file(config) == tags.get("config_sha256")
-        )
+        return intact(folder, tags.get("sha256"), tags.get("config_sha256"))
 
     # -- aliases ---------------------------------------------------------------------------------------------
 
