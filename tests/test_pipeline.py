@@ -293,6 +293,17 @@ def test_payloads_round_trip_through_airflow_serde():
     assert values[0].seed == params.seed and params.lookback == 512 - 8 and params.batch_size == 32
 
 
+def test_mlflow_params_of_a_run_record_the_precision_it_decoded_in():
+    from kronos_tasks.pipeline.tracking import run_params
+
+    params = ForecastParams.from_dict({"pred_len": 8, "dtype": "bfloat16"}).resolve(512, "champion", 32, seed_key="r")
+    pinned = PinnedPair("kronos-model", "3", "a" * 64, "run", "/m", "kronos-tokenizer", "1", "b" * 64, "run", "/t", 512)
+    run = RunPlan("r", "dag", None, "2024-08-28T21:30:00+00:00", "2024-08-28T21:30:01+00:00", params, pinned, 0.2, 3)
+    logged = run_params(run, summary(1, 5, 0.2), "cuda:0")
+    assert (logged["dtype"], logged["device"], logged["symbols"]) == ("bfloat16", "cuda:0", 5)
+    assert (logged["model_sha256"], logged["pred_len"], logged["seed"]) == ("a" * 64, 8, params.seed)
+
+
 def test_plan_refuses_more_shards_than_airflow_maps_and_records_the_run(kronos_env, tiny_checkpoints):
     from kronos_tasks.pipeline import runtime
     from kronos_tasks.registry import Registry

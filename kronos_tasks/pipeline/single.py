@@ -126,7 +126,7 @@ def forecast_file(
         "warning": warning,
         "params": params.to_dict(),
         "device": str(predictor.device),
-        "dtype": "float32",
+        "dtype": params.dtype,
         "kronos_flow_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -295,6 +295,20 @@ def write_charts(run: RunPlan, windows: list[ForecastWindow], folder: Path) -> N
         fan_chart(fan, about, folder / "charts" / f"{safe}_{fan.interval}.png")
 
 
+def run_params(run: RunPlan, summary: RunSummary, device: str) -> dict:
+    """The MLflow params of a forecast run: its resolved parameters (the precision it decoded in among them),
+    logical date, weights, number of symbols, device, stream version and calibrations."""
+    return {
+        **run.params.to_dict(),
+        "logical_date": run.origin,
+        **run.pinned.audit_fields(),
+        "symbols": summary.symbols_ok + summary.symbols_failed,
+        "device": device,
+        "stream_version": STREAM_VERSION,
+        **{f"calibration_{interval}": sha for interval, sha in run.calibrations.items()},
+    }
+
+
 def log_run(run: RunPlan, summary: RunSummary) -> str:
     """One MLflow run per forecast run (earlier attempts of the same run are deleted) -> its run id."""
     runtime.relax_gc()
@@ -305,16 +319,7 @@ def log_run(run: RunPlan, summary: RunSummary) -> str:
     pair: PinnedPair = run.pinned
     windows = run_windows(engine, run.run_id)
     device = ",".join(summary.devices) or settings.device
-    params = {
-        **run.params.to_dict(),
-        "logical_date": run.origin,
-        **pair.audit_fields(),
-        "symbols": summary.symbols_ok + summary.symbols_failed,
-        "device": device,
-        "dtype": "float32",
-        "stream_version": STREAM_VERSION,
-        **{f"calibration_{interval}": sha for interval, sha in run.calibrations.items()},
-    }
+    params = run_params(run, summary, device)
     metrics = {
         "symbols_ok": summary.symbols_ok,
         "symbols_failed": summary.symbols_failed,
