@@ -508,6 +508,28 @@ def test_a_forecast_task_takes_its_pinned_pair_from_the_cache_without_the_regist
     assert cached_pair(kronos_env.model_cache, run.pinned) == cached
 
 
+def test_rollout_predictors_take_the_torch_threads_their_task_owns(tmp_path, tiny_checkpoints):
+    """In a process of its own (torch's thread pools are process-wide): KRONOS_TORCH_THREADS=3, a count no
+    default gives on a machine without exactly three cores, reaches the predictor's process."""
+    import os
+    import subprocess
+
+    tokenizer, model = tiny_checkpoints[0]
+    code = (
+        "import torch\n"
+        "from kronos_tasks.forecasting.params import ForecastParams\n"
+        "from kronos_tasks.pipeline import rollout\n"
+        "from kronos_tasks.registry.pinned import PinnedPair\n"
+        f"pair = PinnedPair('m', '1', 'a', None, {str(model)!r}, 't', '1', 'b', None, {str(tokenizer)!r}, 512)\n"
+        "rollout._predictor(pair, ForecastParams.from_dict({}))\n"
+        "print(torch.get_num_threads(), torch.get_num_interop_threads())\n"
+    )
+    env = {**os.environ, "KRONOS_HOME": str(tmp_path / "home"), "KRONOS_DEVICE": "cpu", "KRONOS_TORCH_THREADS": "3"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "2"]
+
+
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 1e5, -1e9])
 def test_fan_charts_keep_every_label_inside_the_image_and_apart(scale):
     """The charts' margins are set from the tick labels, not measured by a drawing pass: at any price scale
