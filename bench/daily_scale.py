@@ -148,8 +148,7 @@ def model_only(env: dict, run_id: str) -> dict:
     engine = runtime.engine()
     run = get_run(engine, run_id)
     params = ForecastParams.from_dict(run.extra["params"])
-    threads = runtime.own_threads()
-    runtime.reuse_freed_memory()  # as the forecast task does
+    threads = runtime.prepare_decoding()  # as the forecast task does
     pair = runtime.registry().resolve(f"{run.model_name}/{run.model_version}")
     predictor = pinned_predictor(pair, "cpu", params.batch_size, params.dtype)
     from kronos_tasks.data.watchlist import WatchItem

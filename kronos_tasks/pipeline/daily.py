@@ -212,8 +212,7 @@ def forecast(run: RunPlan, shard: int) -> BatchResult:
     started = time.perf_counter()
     runtime.relax_gc()
     settings, engine = runtime.settings(), runtime.engine()
-    threads = runtime.own_threads()
-    runtime.reuse_freed_memory()
+    threads = runtime.prepare_decoding()
     params, wanted = run.params, run.pinned
     pair = cached_pair(settings.model_cache, wanted) or runtime.registry().resolve(
         f"{wanted.model_name}/{wanted.model_version}"

@@ -44,8 +44,7 @@ def _items(watchlist: Any) -> list[WatchItem]:
 
 def _predictor(pair: PinnedPair, params: ForecastParams):
     settings = runtime.settings()
-    runtime.own_threads()  # backtests decode as much as a daily run, in worker processes like its forecast tasks
-    runtime.reuse_freed_memory()
+    runtime.prepare_decoding()  # backtests decode as much as a daily run, in worker processes like it
     return pinned_predictor(pair, settings.device, params.batch_size or settings.batch_size, params.dtype)
 
 

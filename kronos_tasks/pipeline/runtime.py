@@ -116,3 +116,11 @@ def own_threads() -> int:
     except RuntimeError:
         pass  # already set in this process (inter-op threads can be set once, before any parallel work)
     return wanted
+
+
+def prepare_decoding() -> int:
+    """Ready this process for a task's decoding: torch's threads from the cores it owns (``own_threads``) and
+    freed blocks kept for reuse (``reuse_freed_memory``) -> the intra-op thread count."""
+    threads = own_threads()
+    reuse_freed_memory()
+    return threads
